@@ -1,0 +1,11 @@
+//! nodeforge: build Kubernetes nodes that run on containerd.
+//!
+//! The data path reads straight through: a [`profile`] names the sources; [`fetch`]
+//! downloads and verifies them; [`release`] selects what a node needs from the upstream
+//! archive; [`render`] generates the configuration; all of it lands in an [`overlay`] value
+//! that the writers in [`archive`], [`seed`] and [`manifest`] serialise.
+
+pub mod imageref;
+pub mod overlay;
+pub mod profile;
+pub mod version;

@@ -1,0 +1,376 @@
+//! Profiles: what a node runs, read from TOML.
+//!
+//! Unknown keys are errors (`deny_unknown_fields`), so a typo such as `cgroup_drvier` fails
+//! loudly with its line and column instead of silently building a node with the default.
+//! Structural rules live here; rules about combinations that cannot work live in `check`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::imageref::ImageRef;
+use crate::version::Version;
+
+/// The GitHub release URL of the cri-containerd-cni bundle. `{version}` and `{arch}` are
+/// substituted; `--mirror` later swaps the scheme and host.
+pub const DEFAULT_BUNDLE_URL: &str = "https://github.com/containerd/containerd/releases/download/v{version}/cri-containerd-cni-{version}-linux-{arch}.tar.gz";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    /// Short name, used in messages and as the default hostname.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    #[serde(default)]
+    pub arch: Arch,
+    pub kubernetes: Kubernetes,
+    pub containerd: Containerd,
+    #[serde(default)]
+    pub node: Node,
+    #[serde(default)]
+    pub registry: Registry,
+    /// OCI image archives imported into containerd's `k8s.io` namespace at first boot.
+    #[serde(default, rename = "image", skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<PreloadImage>,
+    #[serde(default)]
+    pub seed: Seed,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    #[default]
+    Amd64,
+    Arm64,
+}
+
+impl fmt::Display for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Arch::Amd64 => "amd64",
+            Arch::Arm64 => "arm64",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Kubernetes {
+    /// The kubelet version the node is prepared for; decides which kubelet flags exist.
+    pub version: Version,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Containerd {
+    pub version: Version,
+    /// The cri-containerd-cni release bundle (containerd ≤ 1.7).
+    pub bundle: Bundle,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bundle {
+    /// URL template; `{version}` and `{arch}` are substituted.
+    #[serde(default = "default_bundle_url")]
+    pub url: String,
+    /// The digest published beside the release (`<file>.sha256sum`), pinned here.
+    pub sha256: Sha256Hex,
+    /// Parts of the bundle a node does not need, installed only on request.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extras: Vec<Extra>,
+}
+
+fn default_bundle_url() -> String {
+    DEFAULT_BUNDLE_URL.to_owned()
+}
+
+/// Optional parts of the bundle, dropped by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Extra {
+    /// `critest`, the CRI validation suite.
+    Critest,
+    /// `containerd-stress`, a load generator.
+    ContainerdStress,
+    /// `opt/containerd/cluster`, GCE bring-up scripts.
+    Cluster,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupDriver {
+    /// The kubeadm default since 1.22 and the only sane choice on a systemd host.
+    #[default]
+    Systemd,
+    Cgroupfs,
+}
+
+impl fmt::Display for CgroupDriver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CgroupDriver::Systemd => "systemd",
+            CgroupDriver::Cgroupfs => "cgroupfs",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Node {
+    /// Rendered into containerd (`SystemdCgroup`) and the kubelet (`--cgroup-driver`)
+    /// from this one value, so the two cannot disagree.
+    #[serde(default)]
+    pub cgroup_driver: CgroupDriver,
+    /// The pod sandbox ("pause") image. Defaults to the one kubeadm of the profile's
+    /// Kubernetes version expects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox_image: Option<ImageRef>,
+    /// Pod addresses handed out by the bridge CNI config's host-local IPAM.
+    #[serde(default = "default_cni_subnet")]
+    pub cni_subnet: Ipv4Net,
+    /// The kubelet's `runtimeRequestTimeout`, a Go duration such as `2m` or `15m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_request_timeout: Option<GoDuration>,
+}
+
+impl Default for Node {
+    fn default() -> Self {
+        Self {
+            cgroup_driver: CgroupDriver::default(),
+            sandbox_image: None,
+            cni_subnet: default_cni_subnet(),
+            runtime_request_timeout: None,
+        }
+    }
+}
+
+fn default_cni_subnet() -> Ipv4Net {
+    Ipv4Net::new(std::net::Ipv4Addr::new(10, 88, 0, 0), 16).expect("constant prefix length")
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registry {
+    /// Per-registry host configuration, rendered as `certs.d/<host>/hosts.toml`.
+    #[serde(default, rename = "mirror", skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<RegistryMirror>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryMirror {
+    /// The registry being mirrored, as it appears in image references (`docker.io`,
+    /// `registry.k8s.io`, `host:5000`), or `_default` for every registry.
+    pub host: String,
+    /// Mirror endpoints tried in order before the upstream.
+    pub endpoints: Vec<String>,
+    /// What the mirror may do: `pull`, `resolve`, `push`.
+    #[serde(default = "default_capabilities")]
+    pub capabilities: Vec<String>,
+    /// The upstream to fall back to; omitted means the registry itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    /// Disable TLS verification for the mirror endpoints (test setups only).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skip_verify: bool,
+}
+
+fn default_capabilities() -> Vec<String> {
+    vec!["pull".into(), "resolve".into()]
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreloadImage {
+    /// The name the image is imported under; must match the archive's index annotation.
+    #[serde(rename = "ref")]
+    pub reference: ImageRef,
+    /// An OCI image archive: a path (relative to the profile file) or an http(s) URL.
+    pub source: String,
+    pub sha256: Sha256Hex,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Seed {
+    /// `local-hostname` in meta-data; defaults to the profile name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// `instance-id` in meta-data; defaults to one derived from the profile digest, so the
+    /// same profile gives the same seed and a changed profile re-runs first boot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+    /// SSH public keys for the default user.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssh_authorized_keys: Vec<String>,
+}
+
+/// A lowercase hex SHA-256 digest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Sha256Hex(pub [u8; 32]);
+
+impl fmt::Display for Sha256Hex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl std::str::FromStr for Sha256Hex {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.strip_prefix("sha256:").unwrap_or(s);
+        let mut out = [0u8; 32];
+        if s.len() != 64 || hex::decode_to_slice(s.to_ascii_lowercase(), &mut out).is_err() {
+            return Err(format!("`{s}` is not a SHA-256 digest (64 hex characters)"));
+        }
+        Ok(Self(out))
+    }
+}
+
+impl Serialize for Sha256Hex {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Sha256Hex {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A Go `time.Duration` string as the kubelet parses it (`90s`, `2m`, `1h30m`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct GoDuration(String);
+
+impl GoDuration {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for GoDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let mut rest = s.as_str();
+        let mut any = false;
+        while !rest.is_empty() {
+            let n = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+            let unit_end = rest[n..].find(|c: char| c.is_ascii_digit()).map_or(rest.len(), |i| n + i);
+            let unit = &rest[n..unit_end];
+            if n == 0 || !matches!(unit, "ns" | "us" | "ms" | "s" | "m" | "h") {
+                return Err(serde::de::Error::custom(format!(
+                    "`{s}` is not a duration: use numbers with units h, m, s, ms, e.g. `2m` or `1h30m`"
+                )));
+            }
+            any = true;
+            rest = &rest[unit_end..];
+        }
+        if !any {
+            return Err(serde::de::Error::custom("a duration cannot be empty"));
+        }
+        Ok(GoDuration(s))
+    }
+}
+
+/// A profile as loaded: the parsed value plus where it came from and the digest of its
+/// bytes (recorded in the manifest).
+#[derive(Debug, Clone)]
+pub struct LoadedProfile {
+    pub path: PathBuf,
+    pub profile: Profile,
+    pub sha256: Sha256Hex,
+}
+
+impl LoadedProfile {
+    pub fn load(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read profile {}", path.display()))?;
+        let text = std::str::from_utf8(&bytes)
+            .with_context(|| format!("profile {} is not UTF-8 text", path.display()))?;
+        let profile = Profile::parse(text).map_err(|e| anyhow::anyhow!("profile {}: {e}", path.display()))?;
+        Ok(Self { path: path.to_owned(), profile, sha256: Sha256Hex(Sha256::digest(&bytes).into()) })
+    }
+
+    /// Resolve a path written in the profile relative to the profile's directory.
+    pub fn resolve(&self, relative: &str) -> PathBuf {
+        self.path.parent().unwrap_or(Path::new(".")).join(relative)
+    }
+}
+
+impl Profile {
+    /// Parse profile text. The error carries line, column and a snippet from `toml`.
+    pub fn parse(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// The bundle URL with `{version}` and `{arch}` filled in.
+    pub fn bundle_url(&self) -> String {
+        expand_template(&self.containerd.bundle.url, &self.containerd.version, self.arch)
+    }
+
+    pub fn hostname(&self) -> &str {
+        self.seed.hostname.as_deref().unwrap_or(&self.name)
+    }
+}
+
+/// Substitute `{version}` and `{arch}` in a URL template.
+pub fn expand_template(template: &str, version: &Version, arch: Arch) -> String {
+    let vars: BTreeMap<&str, String> = [("version", version.to_string()), ("arch", arch.to_string())].into();
+    let mut out = template.to_owned();
+    for (k, v) in vars {
+        out = out.replace(&format!("{{{k}}}"), &v);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+name = "t"
+[kubernetes]
+version = "1.30.2"
+[containerd]
+version = "1.7.13"
+[containerd.bundle]
+sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
+"#;
+
+    #[test]
+    fn minimal_profile_gets_defaults() {
+        let p = Profile::parse(MINIMAL).unwrap();
+        assert_eq!(p.node.cgroup_driver, CgroupDriver::Systemd);
+        assert_eq!(p.node.cni_subnet.to_string(), "10.88.0.0/16");
+        assert_eq!(
+            p.bundle_url(),
+            "https://github.com/containerd/containerd/releases/download/v1.7.13/cri-containerd-cni-1.7.13-linux-amd64.tar.gz"
+        );
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_column() {
+        let text = MINIMAL.replace("[containerd.bundle]", "[node]\ncgroup_drvier = \"systemd\"\n[containerd.bundle]");
+        let err = Profile::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("line 8, column 1"), "{err}");
+        assert!(err.contains("cgroup_drvier"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_explained() {
+        let text = MINIMAL.replace("0000000000000000000000000000000000000000000000000000000000000000", "abc");
+        assert!(Profile::parse(&text).unwrap_err().to_string().contains("SHA-256"));
+        let text = format!("{MINIMAL}\n[node]\nruntime_request_timeout = \"15 minutes\"\n");
+        assert!(Profile::parse(&text).unwrap_err().to_string().contains("duration"));
+        let text = format!("{MINIMAL}\n[node]\ncgroup_driver = \"cgroupsfs\"\n");
+        assert!(Profile::parse(&text).unwrap_err().to_string().contains("cgroupfs"));
+    }
+}
