@@ -1,0 +1,181 @@
+//! Streaming adapters, stacked as readers and writers: hash while the bytes pass, stop at a
+//! size cap, notice an interrupt. Nothing here buffers a whole artifact.
+
+use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use crate::profile::Sha256Hex;
+
+/// Hashes everything read through it.
+#[derive(Debug)]
+pub struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    count: u64,
+}
+
+impl<R: Read> HashingReader<R> {
+    pub fn new(inner: R) -> Self {
+        Self { inner, hasher: Sha256::new(), count: 0 }
+    }
+
+    /// Bytes read so far.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    pub fn finish(self) -> (Sha256Hex, u64) {
+        (Sha256Hex(self.hasher.finalize().into()), self.count)
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+/// Hashes everything written through it.
+#[derive(Debug)]
+pub struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    count: u64,
+}
+
+impl<W: Write> HashingWriter<W> {
+    pub fn new(inner: W) -> Self {
+        Self { inner, hasher: Sha256::new(), count: 0 }
+    }
+
+    pub fn finish(self) -> (W, Sha256Hex, u64) {
+        (self.inner, Sha256Hex(self.hasher.finalize().into()), self.count)
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Fails the read once more than `limit` bytes have come through, naming `what`, instead of
+/// truncating silently the way `Read::take` does. Guards decompression bombs and endless
+/// bodies.
+#[derive(Debug)]
+pub struct LimitReader<R> {
+    inner: R,
+    remaining: u64,
+    limit: u64,
+    what: String,
+}
+
+impl<R: Read> LimitReader<R> {
+    pub fn new(inner: R, limit: u64, what: impl Into<String>) -> Self {
+        Self { inner, remaining: limit, limit, what: what.into() }
+    }
+
+    pub fn into_inner(self) -> R {
+        self.inner
+    }
+}
+
+impl<R: Read> Read for LimitReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // Read one byte past the cap so "exactly at the limit" is allowed and "over" is seen.
+        let want = buf.len().min(usize::try_from(self.remaining.saturating_add(1)).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        if n as u64 > self.remaining {
+            return Err(io::Error::other(SizeLimitExceeded { what: self.what.clone(), limit: self.limit }));
+        }
+        self.remaining -= n as u64;
+        Ok(n)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{what} is larger than the limit of {limit} bytes")]
+pub struct SizeLimitExceeded {
+    pub what: String,
+    pub limit: u64,
+}
+
+/// Set by SIGINT/SIGTERM/SIGHUP; long loops poll it so an interrupted build unwinds through
+/// its destructors (which delete temporary files) instead of dying mid-write.
+#[derive(Debug, Clone, Default)]
+pub struct Interrupt(Arc<AtomicBool>);
+
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted by a signal; partial output was removed")]
+pub struct Interrupted;
+
+impl Interrupt {
+    /// Route the termination signals to this flag. Called once by the binary.
+    pub fn install() -> io::Result<Self> {
+        let flag = Arc::new(AtomicBool::new(false));
+        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP] {
+            signal_hook::flag::register(sig, Arc::clone(&flag))?;
+        }
+        Ok(Self(flag))
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    pub fn check(&self) -> io::Result<()> {
+        if self.is_set() { Err(io::Error::other(Interrupted)) } else { Ok(()) }
+    }
+
+    /// Copy `r` to `w`, checking the flag between chunks.
+    pub fn copy<R: Read + ?Sized, W: Write + ?Sized>(&self, r: &mut R, w: &mut W) -> io::Result<u64> {
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut total = 0u64;
+        loop {
+            self.check()?;
+            let n = match r.read(&mut buf) {
+                Ok(0) => return Ok(total),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            w.write_all(&buf[..n])?;
+            total += n as u64;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limit_allows_exact_and_refuses_over() {
+        let mut out = Vec::new();
+        LimitReader::new(&b"12345"[..], 5, "x").read_to_end(&mut out).unwrap();
+        let err = LimitReader::new(&b"123456"[..], 5, "the body").read_to_end(&mut Vec::new()).unwrap_err();
+        assert!(err.to_string().contains("the body is larger than the limit of 5 bytes"), "{err}");
+    }
+
+    #[test]
+    fn hashing_reader_matches_sha256() {
+        let mut r = HashingReader::new(&b"abc"[..]);
+        io::copy(&mut r, &mut io::sink()).unwrap();
+        let (d, n) = r.finish();
+        assert_eq!(n, 3);
+        assert_eq!(d.to_string(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+}
