@@ -5,10 +5,12 @@
 //! archive; [`render`] generates the configuration; all of it lands in an [`overlay`] value
 //! that the writers in [`archive`], [`seed`] and [`manifest`] serialise.
 
+pub mod check;
 pub mod compat;
 pub mod imageref;
 pub mod overlay;
 pub mod profile;
+pub mod release;
 pub mod version;
 pub mod io;
 pub mod output;

@@ -1,0 +1,274 @@
+//! `nodeforge check`: combinations that parse but cannot work, refused with the reason and
+//! the fix, and risky ones flagged. Every rule cites the fact it rests on (runtime-facts).
+
+use std::collections::BTreeSet;
+
+use serde::Serialize;
+
+use crate::compat::{self, CriApi};
+use crate::imageref::ImageRef;
+use crate::profile::{Arch, CgroupDriver, LoadedProfile, Profile};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Warning,
+    Error,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    pub severity: Severity,
+    /// Stable identifier, for scripts and for suppressing nothing by accident.
+    pub code: &'static str,
+    pub message: String,
+    pub fix: String,
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sev = match self.severity {
+            Severity::Warning => "warning",
+            Severity::Error => "error",
+        };
+        write!(f, "{sev}[{}]: {}\n  fix: {}", self.code, self.message, self.fix)
+    }
+}
+
+/// Registries whose names are often mistyped; a reference to a near miss is almost always a
+/// typo that would surface only as an image pull failure on the node.
+const KNOWN_REGISTRIES: &[&str] =
+    &["registry.k8s.io", "k8s.gcr.io", "gcr.io", "docker.io", "registry-1.docker.io", "quay.io", "ghcr.io", "mcr.microsoft.com", "public.ecr.aws"];
+
+/// Run every rule against a loaded profile.
+pub fn check(loaded: &LoadedProfile) -> Vec<Finding> {
+    let p = &loaded.profile;
+    let mut out = Vec::new();
+    let mut err = |code, message: String, fix: String| out.push(Finding { severity: Severity::Error, code, message, fix });
+    let k8s = &p.kubernetes.version;
+    let ctr = &p.containerd.version;
+
+    // runtime-facts §4.1: kubelet ≥ 1.26 speaks only CRI v1; containerd < 1.6 serves only v1alpha2.
+    if compat::kubelet_requires_cri_v1(k8s) && compat::containerd_cri_api(ctr) == CriApi::V1alpha2 {
+        err(
+            "cri-api-mismatch",
+            format!("containerd {ctr} serves only CRI v1alpha2, but the kubelet of Kubernetes {k8s} speaks only CRI v1"),
+            "use containerd 1.6 or newer (1.7 is the last line with a cri-containerd-cni bundle), or a Kubernetes older than 1.26".into(),
+        );
+    }
+    // runtime-facts §1.4: no bundles exist for 2.0+.
+    if ctr.major >= 2 {
+        err(
+            "no-bundle-for-2x",
+            format!("containerd {ctr} publishes no cri-containerd-cni bundle (removed in 2.0)"),
+            "use containerd 1.7 with the bundle; per-component sources for 2.x are not supported by this nodeforge yet".into(),
+        );
+    }
+    // runtime-facts §1.1: 1.4 and 1.5 bundles were built for amd64 only.
+    if p.arch == Arch::Arm64 && !ctr.at_least(1, 6, 0) {
+        err(
+            "no-arm64-bundle",
+            format!("containerd {ctr} published its cri-containerd-cni bundle for amd64 only"),
+            "use containerd 1.6 or newer for arm64".into(),
+        );
+    }
+    // runtime-facts §3.3: config_path (certs.d) arrived in 1.5; the older `mirrors` table is
+    // deprecated and nodeforge does not render it.
+    if !p.registry.mirrors.is_empty() && !ctr.at_least(1, 5, 0) {
+        err(
+            "mirrors-need-1.5",
+            format!("registry mirrors are rendered as config_path + certs.d, which containerd {ctr} does not read (added in 1.5)"),
+            "remove [[registry.mirror]] or use containerd 1.5 or newer".into(),
+        );
+    }
+    let mut hosts = BTreeSet::new();
+    for m in &p.registry.mirrors {
+        if !hosts.insert(m.host.as_str()) {
+            err("duplicate-mirror", format!("[[registry.mirror]] host `{}` appears twice", m.host), "merge the endpoints into one entry".into());
+        }
+        if m.endpoints.is_empty() {
+            err("mirror-without-endpoints", format!("[[registry.mirror]] `{}` lists no endpoints", m.host), "add at least one endpoint URL".into());
+        }
+    }
+    let mut refs = BTreeSet::new();
+    for img in &p.images {
+        if !refs.insert(img.reference.to_string()) {
+            err("duplicate-image", format!("image `{}` is preloaded twice", img.reference), "keep one [[image]] entry per reference".into());
+        }
+        let is_url = img.source.starts_with("http://") || img.source.starts_with("https://");
+        if !is_url && !loaded.resolve(&img.source).is_file() {
+            err(
+                "image-source-missing",
+                format!("image `{}`: source {} does not exist", img.reference, loaded.resolve(&img.source).display()),
+                "give a path relative to the profile file, or an http(s) URL".into(),
+            );
+        }
+    }
+    let mut all_refs: Vec<(&str, &ImageRef)> = p.images.iter().map(|i| ("[[image]] ref", &i.reference)).collect();
+    let sandbox = sandbox_image(p);
+    all_refs.push(("node.sandbox_image", &sandbox));
+    for (field, r) in &all_refs {
+        registry_findings(field, r.registry(), &mut out);
+    }
+    for m in &p.registry.mirrors {
+        registry_findings("[[registry.mirror]] host", &m.host, &mut out);
+    }
+
+    let mut warn = |code, message: String, fix: String| out.push(Finding { severity: Severity::Warning, code, message, fix });
+    // runtime-facts §1.4: deprecated since 1.6.
+    if ctr.at_least(1, 6, 0) && ctr.major < 2 {
+        warn(
+            "bundle-deprecated",
+            format!("the cri-containerd-cni bundle is deprecated since containerd 1.6 and was not built for 2.0 (containerd {ctr})"),
+            "plan the move to the per-component releases (containerd-<v>-linux-<arch>.tar.gz, runc, cni-plugins, crictl)".into(),
+        );
+    }
+    // runtime-facts §4.3: kubeadm checks the runtime's sandbox image against its own.
+    let expected = compat::default_sandbox_image(k8s);
+    if sandbox.path == "pause" && sandbox.tag != expected.tag {
+        warn(
+            "sandbox-version",
+            format!(
+                "sandbox image {sandbox} differs from the pause image kubeadm {}.{} expects ({expected})",
+                k8s.major, k8s.minor
+            ),
+            format!("set node.sandbox_image = \"{expected}\" (or leave it unset)"),
+        );
+    }
+    // runtime-facts §4.1: kubeadm ≥ 1.22 configures the kubelet with the systemd driver
+    // unless told otherwise; a cgroupfs node then disagrees with its own kubelet.
+    if p.node.cgroup_driver == CgroupDriver::Cgroupfs && k8s.at_least(1, 22, 0) {
+        warn(
+            "cgroupfs-with-kubeadm",
+            format!("cgroup driver cgroupfs: kubeadm {}.{} defaults the kubelet to systemd", k8s.major, k8s.minor),
+            "prefer cgroup_driver = \"systemd\"; if you keep cgroupfs, set cgroupDriver: cgroupfs in the cluster's KubeletConfiguration".into(),
+        );
+    }
+    let preloaded: BTreeSet<String> = p.images.iter().map(|i| i.reference.to_string()).collect();
+    if !p.images.is_empty() && !preloaded.contains(&sandbox.to_string()) {
+        warn(
+            "sandbox-not-preloaded",
+            format!("images are preloaded, but not the sandbox image {sandbox}: the first pod will pull it"),
+            "add an [[image]] for the sandbox image so the node starts pods offline".into(),
+        );
+    }
+    let subnet = p.node.cni_subnet;
+    if subnet.prefix_len() > 28 {
+        warn("cni-subnet-small", format!("node.cni_subnet {subnet} leaves fewer than 14 pod addresses"), "use a /24 or larger".into());
+    }
+    let services: ipnet::Ipv4Net = "10.96.0.0/12".parse().expect("constant");
+    if services.contains(&subnet.network()) || subnet.contains(&services.network()) {
+        warn(
+            "cni-subnet-overlaps-services",
+            format!("node.cni_subnet {subnet} overlaps kubeadm's default service range 10.96.0.0/12"),
+            "pick a pod range outside the service range, e.g. 10.88.0.0/16".into(),
+        );
+    }
+    out.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.code.cmp(b.code)));
+    out
+}
+
+/// The sandbox image the node will use: the profile's, or kubeadm's default for its version.
+pub fn sandbox_image(p: &Profile) -> ImageRef {
+    p.node.sandbox_image.clone().unwrap_or_else(|| compat::default_sandbox_image(&p.kubernetes.version))
+}
+
+fn registry_findings(field: &str, host: &str, out: &mut Vec<Finding>) {
+    if host == "k8s.gcr.io" {
+        out.push(Finding {
+            severity: Severity::Warning,
+            code: "frozen-registry",
+            message: format!("{field} uses k8s.gcr.io, frozen since 2023-04-03: no new images are published there"),
+            fix: "use registry.k8s.io".into(),
+        });
+        return;
+    }
+    if KNOWN_REGISTRIES.contains(&host) || host == "_default" {
+        return;
+    }
+    if let Some(near) = KNOWN_REGISTRIES.iter().find(|k| edit_distance(host, k) <= 2) {
+        let suggestion = if *near == "k8s.gcr.io" { "registry.k8s.io" } else { near };
+        out.push(Finding {
+            severity: Severity::Error,
+            code: "registry-typo",
+            message: format!("{field} names registry `{host}`, which looks like a typo of `{near}`"),
+            fix: format!("use `{suggestion}`"),
+        });
+    }
+}
+
+/// Levenshtein distance; registry names are short.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur.push((prev[j] + usize::from(ca != cb)).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// True when any finding is an error.
+pub fn has_errors(findings: &[Finding]) -> bool {
+    findings.iter().any(|f| f.severity == Severity::Error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile::Sha256Hex;
+
+    fn load(extra: &str, k8s: &str, ctr: &str) -> LoadedProfile {
+        let text = format!(
+            "name = \"t\"\n[kubernetes]\nversion = \"{k8s}\"\n[containerd]\nversion = \"{ctr}\"\n[containerd.bundle]\nsha256 = \"{}\"\n{extra}",
+            "0".repeat(64)
+        );
+        LoadedProfile { path: "t.toml".into(), profile: Profile::parse(&text).unwrap(), sha256: Sha256Hex([0; 32]) }
+    }
+
+    fn codes(f: &[Finding]) -> Vec<&'static str> {
+        f.iter().map(|f| f.code).collect()
+    }
+
+    #[test]
+    fn v1alpha2_containerd_with_new_kubelet_is_refused() {
+        let f = check(&load("", "1.26.0", "1.5.18"));
+        assert!(has_errors(&f));
+        assert!(codes(&f).contains(&"cri-api-mismatch"), "{f:?}");
+        assert!(!has_errors(&check(&load("", "1.25.9", "1.5.18"))));
+    }
+
+    #[test]
+    fn the_seeds_typo_is_refused_with_a_fix() {
+        let f = check(&load("[node]\nsandbox_image = \"k8s.gc.io/pause:3.1\"\n", "1.14.10", "1.4.4"));
+        let typo = f.iter().find(|f| f.code == "registry-typo").expect("typo found");
+        assert!(typo.message.contains("k8s.gc.io"), "{typo}");
+        assert!(typo.fix.contains("registry.k8s.io"), "{typo}");
+    }
+
+    #[test]
+    fn frozen_registry_and_mirror_rules() {
+        let f = check(&load("[node]\nsandbox_image = \"k8s.gcr.io/pause:3.1\"\n", "1.14.10", "1.4.4"));
+        assert_eq!(codes(&f), ["frozen-registry"]);
+        let m = "[[registry.mirror]]\nhost = \"docker.io\"\nendpoints = [\"https://m.example\"]\n";
+        assert!(codes(&check(&load(m, "1.14.10", "1.4.4"))).contains(&"mirrors-need-1.5"));
+        assert!(!has_errors(&check(&load(m, "1.30.0", "1.7.27"))));
+    }
+
+    #[test]
+    fn kubeadm_expectations_are_warned() {
+        let f = check(&load("[node]\ncgroup_driver = \"cgroupfs\"\nsandbox_image = \"registry.k8s.io/pause:3.6\"\n", "1.30.0", "1.7.27"));
+        let c = codes(&f);
+        assert!(c.contains(&"cgroupfs-with-kubeadm") && c.contains(&"sandbox-version") && c.contains(&"bundle-deprecated"), "{c:?}");
+        assert!(!has_errors(&f));
+    }
+
+    #[test]
+    fn edit_distance_works() {
+        assert_eq!(edit_distance("k8s.gc.io", "k8s.gcr.io"), 1);
+        assert_eq!(edit_distance("quay.io", "quay.io"), 0);
+    }
+}
