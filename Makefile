@@ -1,0 +1,13 @@
+# The two entry points a fresh Debian/Ubuntu machine needs (see README):
+#   make demo   the main job end to end, offline, against the stand-in release mirror
+#   make test   install what is missing, then run every check and test
+.PHONY: demo test docs
+demo:
+	bash scripts/demo.sh
+
+test:
+	bash scripts/test.sh
+
+# Regenerate the CLI reference in docs/cli.md from clap (CI checks it is current).
+docs:
+	cargo run -q -p nodeforge --example cli-reference > docs/cli.md

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Install what nodeforge's tests and demo need on a fresh Debian/Ubuntu machine, and nothing
+# the machine already has. Every generated file is checked by the program that consumes it,
+# so those programs are test dependencies:
+#   containerd            `containerd config dump` and a real daemon for rendered config.toml
+#   systemd               `systemd-analyze verify` for units and drop-ins
+#   cloud-init            `cloud-init schema` for user-data
+#   dosfstools, mtools    `fsck.fat` and `mcopy` for the seed image (blkid is in util-linux)
+#   cpio                  GNU cpio reads the overlay cpio
+#   dpkg-dev / apt        `apt-get download` + `dpkg-deb -x` build the offline stand-in release
+#   python3               serves the stand-in mirror over HTTP in `make demo`
+set -euo pipefail
+
+need=()
+have_cmd() { command -v "$1" >/dev/null 2>&1; }
+want() { # want COMMAND PACKAGE
+  have_cmd "$1" || need+=("$2")
+}
+want containerd containerd
+want ctr containerd
+want systemd-analyze systemd
+want cloud-init cloud-init
+want fsck.fat dosfstools
+want mcopy mtools
+want cpio cpio
+want blkid util-linux
+want python3 python3
+want gzip gzip
+want sha256sum coreutils
+want cc gcc
+
+if ((${#need[@]})); then
+  # Deduplicate, then install. The package lists may be stale on a fresh machine.
+  mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
+  echo "install-deps: installing ${need[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# cloud-init skips validation silently without jsonschema; make sure it can validate.
+if ! python3 -c 'import jsonschema' 2>/dev/null && [ -x /usr/bin/python3 ] && ! /usr/bin/python3 -c 'import jsonschema' 2>/dev/null; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq --no-install-recommends python3-jsonschema >/dev/null
+fi
+
+# A stopped package manager leaves no running daemons behind: Debian's containerd package may
+# start containerd.service where systemd runs; tests start their own instances instead.
+echo "install-deps: ok" >&2

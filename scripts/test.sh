@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# `make test`: install what is missing, then every check and test, failing on the first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+start=$(date +%s)
+step() { printf '\n==> %s (%ss)\n' "$*" "$(( $(date +%s) - start ))" >&2; }
+
+step "installing test dependencies"
+bash scripts/install-deps.sh
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "CLI reference is current"
+cargo run -q -p nodeforge --example cli-reference --locked > target/cli.md
+diff -u docs/cli.md target/cli.md || { echo "docs/cli.md is stale: run 'make docs'" >&2; exit 1; }
+
+step "cargo test (unit, integration, real consumers, stand-in end to end)"
+cargo test --workspace --locked --no-fail-fast
+
+step "done in $(( $(date +%s) - start ))s"
