@@ -9,6 +9,7 @@ pub mod compat;
 pub mod imageref;
 pub mod overlay;
 pub mod profile;
+pub mod render;
 pub mod version;
 pub mod io;
 pub mod output;
