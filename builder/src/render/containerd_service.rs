@@ -19,7 +19,7 @@ pub fn render(p: &Profile) -> Vec<Rendered> {
         after.push_str(" dbus.service");
     }
     let text = format!(
-        "{header}\
+        "{header}
 [Unit]
 Description=containerd container runtime
 Documentation=https://containerd.io

@@ -71,7 +71,7 @@ pub fn render(p: &Profile) -> Vec<Rendered> {
     // paths), none of which can hold `"`, `%`, `$` or `\` that systemd would interpret.
     debug_assert!(!args.contains(['"', '%', '$', '\\']), "{args}");
     let dropin = format!(
-        "{header}\
+        "{header}
 # Sorts after kubeadm's 10-kubeadm.conf and replaces its KUBELET_CONFIG_ARGS (keeping
 # its --config). Not KUBELET_EXTRA_ARGS: the kubelet package's /etc/default/kubelet sets
 # that through EnvironmentFile=, which overrides any Environment= line.
@@ -87,7 +87,7 @@ Environment=\"KUBELET_CONFIG_ARGS={args}\"
     let mut out = vec![file(DROPIN_PATH, 0o644, dropin, RENDERER)];
     if support.config_dir {
         let mut fragment = format!(
-            "{header}\
+            "{header}
 # Read through --config-dir (see the kubelet drop-in); overrides kubeadm's config.yaml.
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration

@@ -59,7 +59,7 @@ pub fn render(p: &Profile) -> Result<Vec<Rendered>> {
     exec.push_str(&format!("ExecStart=/usr/bin/touch {stamp}\n"));
 
     let text = format!(
-        "{header}\
+        "{header}
 [Unit]
 Description=Import the container images nodeforge preloaded into containerd
 # containerd is Type=notify: once it is started its socket accepts connections.

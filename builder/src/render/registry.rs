@@ -55,7 +55,6 @@ fn hosts_toml(p: &Profile, m: &RegistryMirror) -> Result<String> {
         }
     }
     let mut t = header("#", p);
-    t.push('\n');
     let server = match (&m.server, m.host.as_str()) {
         (Some(s), _) => Some(endpoint(s).with_context(|| format!("server `{s}`"))?),
         // `_default` applies to every registry, so there is no single upstream to name;
@@ -66,7 +65,7 @@ fn hosts_toml(p: &Profile, m: &RegistryMirror) -> Result<String> {
         (None, host) => Some(format!("https://{host}")),
     };
     if let Some(s) = server {
-        t.push_str("# Tried after every mirror below has failed.\n");
+        t.push_str("\n# Tried after every mirror below has failed.\n");
         t.push_str(&format!("server = {}\n", toml_str(&s)));
     }
     let caps: Vec<String> = m.capabilities.iter().map(|c| toml_str(c)).collect();
