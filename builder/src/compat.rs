@@ -72,6 +72,12 @@ pub fn cni_conf_version(containerd: &Version) -> &'static str {
     }
 }
 
+/// containerd reads `[registry] config_path` (per-host `certs.d/<host>/hosts.toml`) from 1.5;
+/// 1.4 knows only the deprecated `mirrors`/`configs` tables (runtime-facts §3.3).
+pub fn registry_config_path(containerd: &Version) -> bool {
+    containerd.at_least(1, 5, 0)
+}
+
 /// How the kubelet of a version is told about its runtime (runtime-facts §4.1, §4.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KubeletSupport {

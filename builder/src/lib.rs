@@ -1,16 +1,17 @@
 //! nodeforge: build Kubernetes nodes that run on containerd.
 //!
-//! The data path reads straight through: a [`profile`] names the sources; [`fetch`]
+//! The data path reads straight through: a [`profile`] names the sources; `fetch`
 //! downloads and verifies them; [`release`] selects what a node needs from the upstream
 //! archive; [`render`] generates the configuration; all of it lands in an [`overlay`] value
-//! that the writers in [`archive`], [`seed`] and [`manifest`] serialise.
+//! that the writers serialise.
 
 pub mod check;
 pub mod compat;
 pub mod imageref;
+pub mod io;
+pub mod output;
 pub mod overlay;
 pub mod profile;
 pub mod release;
+pub mod render;
 pub mod version;
-pub mod io;
-pub mod output;

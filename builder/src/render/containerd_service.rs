@@ -1,0 +1,116 @@
+//! `/etc/systemd/system/containerd.service` and its enablement link.
+//!
+//! The unit follows the one containerd ships for the profile's release line (runtime-facts
+//! §2.1), so a node built by nodeforge behaves like one installed from the bundle. It is
+//! placed in /etc rather than /usr/local/lib so it wins over any packaged unit of the
+//! same name.
+
+use super::{Rendered, enable_link, file, header};
+use crate::profile::Profile;
+use crate::version::Version;
+
+pub const PATH: &str = "etc/systemd/system/containerd.service";
+const RENDERER: &str = "containerd-service";
+
+pub fn render(p: &Profile) -> Vec<Rendered> {
+    let v = &p.containerd.version;
+    let mut after = String::from("network.target local-fs.target");
+    if orders_after_dbus(v) {
+        after.push_str(" dbus.service");
+    }
+    let text = format!(
+        "{header}
+[Unit]
+Description=containerd container runtime
+Documentation=https://containerd.io
+After={after}
+
+[Service]
+ExecStartPre=-/sbin/modprobe overlay
+ExecStart=/usr/local/bin/containerd
+
+# containerd signals readiness with sd_notify once its socket accepts connections, so units
+# ordered After= this one (the image preload, the kubelet) can use it at once.
+Type=notify
+Delegate=yes
+# Only containerd itself is stopped on restart; the shims keep the containers running.
+KillMode=process
+Restart=always
+RestartSec=5
+# Non-zero Limit* values cost kernel accounting overhead; containers are limited by cgroups.
+LimitNPROC=infinity
+LimitCORE=infinity
+LimitNOFILE={nofile}
+TasksMax=infinity
+OOMScoreAdjust=-999
+
+[Install]
+WantedBy=multi-user.target
+",
+        header = header("#", p),
+        nofile = limit_nofile(v),
+    );
+    vec![
+        file(PATH, 0o644, text, RENDERER),
+        enable_link("containerd.service", RENDERER),
+    ]
+}
+
+/// 1.4 shipped a finite limit; 1.5–1.7 `infinity` (runtime-facts §2.1).
+fn limit_nofile(v: &Version) -> &'static str {
+    if v.at_least(1, 5, 0) {
+        "infinity"
+    } else {
+        "1048576"
+    }
+}
+
+/// `dbus.service` joined `After=` in 1.6.37 and 1.7.24 (runtime-facts §2.1): with the systemd
+/// cgroup driver containerd talks to systemd over D-Bus, and at shutdown D-Bus must outlive it.
+fn orders_after_dbus(v: &Version) -> bool {
+    match v.minor_line() {
+        (1, 6) => v.at_least(1, 6, 37),
+        (1, 7) => v.at_least(1, 7, 24),
+        (1, m) => m > 7,
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a panic is the failure report in a test
+mod tests {
+    use super::super::test_support::{profile, text};
+    use super::*;
+
+    fn unit(ctr: &str) -> String {
+        text(&render(&profile("1.30.2", ctr, "")), PATH).to_owned()
+    }
+
+    #[test]
+    fn follows_the_upstream_unit_of_each_line() {
+        let u = unit("1.4.4");
+        assert!(u.contains("LimitNOFILE=1048576\n"));
+        assert!(u.contains("After=network.target local-fs.target\n"));
+        assert!(unit("1.5.0").contains("LimitNOFILE=infinity\n"));
+        assert!(!unit("1.6.36").contains("dbus.service"));
+        assert!(unit("1.6.37").contains("After=network.target local-fs.target dbus.service\n"));
+        assert!(!unit("1.7.23").contains("dbus.service"));
+        assert!(unit("1.7.24").contains("dbus.service"));
+        for line in [
+            "Type=notify",
+            "Delegate=yes",
+            "KillMode=process",
+            "ExecStartPre=-/sbin/modprobe overlay",
+        ] {
+            assert!(u.contains(&format!("{line}\n")), "{line}");
+        }
+    }
+
+    #[test]
+    fn is_enabled() {
+        let out = render(&profile("1.30.2", "1.6.20", ""));
+        assert!(out.iter().any(|r| matches!(r, Rendered::Link(l)
+            if l.path == "etc/systemd/system/multi-user.target.wants/containerd.service"
+            && l.target == "/etc/systemd/system/containerd.service")));
+    }
+}
