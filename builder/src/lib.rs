@@ -6,6 +6,7 @@
 //! that the writers in [`archive`], [`seed`] and [`manifest`] serialise.
 
 pub mod compat;
+pub mod fetch;
 pub mod imageref;
 pub mod overlay;
 pub mod profile;
