@@ -7,6 +7,7 @@
 
 pub mod check;
 pub mod compat;
+pub mod fetch;
 pub mod imageref;
 pub mod io;
 pub mod output;

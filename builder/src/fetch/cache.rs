@@ -1,0 +1,195 @@
+//! The content-addressed cache directory and its per-digest locks.
+
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result};
+use tempfile::NamedTempFile;
+
+use super::{CachedFile, copy_interruptibly};
+use crate::io::{HashingReader, Interrupt, Interrupted};
+use crate::output::TEMP_PREFIX;
+use crate::profile::Sha256Hex;
+
+/// A temporary file older than this belongs to a process that died: a live download writes
+/// at least once per stall timeout, which is far shorter.
+const STALE_TEMP_AGE: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// How often a waiting build retries a lock another build holds.
+const LOCK_POLL: Duration = Duration::from_millis(100);
+
+#[derive(Debug)]
+pub(super) struct Cache {
+    entries: PathBuf,
+    tmp: PathBuf,
+    locks: PathBuf,
+}
+
+impl Cache {
+    pub(super) fn open(root: &Path) -> Result<Self> {
+        let cache = Self {
+            entries: root.join("sha256"),
+            tmp: root.join("tmp"),
+            locks: root.join("locks"),
+        };
+        for dir in [&cache.entries, &cache.tmp, &cache.locks] {
+            fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create the cache directory {}", dir.display()))?;
+        }
+        cache.sweep_stale_temps();
+        Ok(cache)
+    }
+
+    /// Take the lock for one digest, waiting while another thread or process holds it.
+    /// Everything that reads or writes that digest's entry goes through the returned guard,
+    /// so two builds sharing the cache download a file once and never see half of it.
+    /// Polls rather than blocks so that Ctrl-C still works while another build holds it.
+    pub(super) fn lock(
+        &self,
+        digest: &Sha256Hex,
+        interrupt: &Interrupt,
+    ) -> Result<LockedEntry<'_>> {
+        let path = self.locks.join(format!("{digest}.lock"));
+        // Lock files are never deleted: removing one while another process waits on it
+        // would let a third process lock a fresh file and run alongside the second.
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("cannot open the cache lock {}", path.display()))?;
+        let mut told = false;
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(TryLockError::WouldBlock) => {
+                    if !told {
+                        tracing::info!(digest = %digest, "waiting for another nodeforge using the cache");
+                        told = true;
+                    }
+                    if interrupt.is_set() {
+                        return Err(Interrupted.into());
+                    }
+                    std::thread::sleep(LOCK_POLL);
+                }
+                Err(TryLockError::Error(e)) => {
+                    return Err(e).with_context(|| format!("cannot lock {}", path.display()));
+                }
+            }
+        }
+        Ok(LockedEntry {
+            cache: self,
+            digest: *digest,
+            _lock: file,
+        })
+    }
+
+    /// Best effort: a temp file that cannot be removed now is retried next time.
+    fn sweep_stale_temps(&self) {
+        let Ok(dir) = fs::read_dir(&self.tmp) else {
+            return;
+        };
+        let now = SystemTime::now();
+        for entry in dir.flatten() {
+            let stale = entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX)
+                && entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| now.duration_since(t).is_ok_and(|age| age > STALE_TEMP_AGE));
+            if stale {
+                let path = entry.path();
+                match fs::remove_file(&path) {
+                    Ok(()) => tracing::debug!(path = %path.display(), "removed a stale download"),
+                    Err(e) => tracing::debug!(path = %path.display(), "cannot remove: {e}"),
+                }
+            }
+        }
+    }
+}
+
+/// One digest's cache entry, locked; unlocked when dropped (closing the file releases it).
+#[derive(Debug)]
+pub(super) struct LockedEntry<'a> {
+    cache: &'a Cache,
+    digest: Sha256Hex,
+    _lock: File,
+}
+
+impl LockedEntry<'_> {
+    fn path(&self) -> PathBuf {
+        self.cache.entries.join(self.digest.to_string())
+    }
+
+    /// The cached file, hashed again now. An entry with the wrong digest (disk damage, a
+    /// hand edit, a poisoned cache) is deleted with a warning, and the caller fetches anew.
+    pub(super) fn lookup(&self, interrupt: &Interrupt) -> Result<Option<CachedFile>> {
+        let path = self.path();
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot open the cached {}", path.display()));
+            }
+        };
+        let mut reader = HashingReader::new(file);
+        copy_interruptibly(interrupt, &mut reader, &mut io::sink()).map_err(|e| {
+            if e.is::<Interrupted>() {
+                e
+            } else {
+                e.context(format!("cannot read the cached {}", path.display()))
+            }
+        })?;
+        let (actual, size) = reader.finish();
+        if actual == self.digest {
+            return Ok(Some(CachedFile {
+                path,
+                sha256: actual,
+                size,
+            }));
+        }
+        tracing::warn!(
+            path = %path.display(),
+            actual = %actual,
+            "cached file does not match its digest; deleting it and fetching it again"
+        );
+        fs::remove_file(&path)
+            .with_context(|| format!("cannot remove the corrupt cache entry {}", path.display()))?;
+        Ok(None)
+    }
+
+    /// A new, uniquely named file in the cache's temp directory. Dropping it deletes it.
+    pub(super) fn temp_file(&self) -> Result<NamedTempFile> {
+        tempfile::Builder::new()
+            .prefix(TEMP_PREFIX)
+            .tempfile_in(&self.cache.tmp)
+            .with_context(|| format!("cannot create a file in {}", self.cache.tmp.display()))
+    }
+
+    /// Move a verified temp file into place: fsync first so a crash cannot leave an entry
+    /// whose name promises bytes that never reached the disk.
+    pub(super) fn commit(self, temp: NamedTempFile, size: u64) -> Result<CachedFile> {
+        let path = self.path();
+        let file = temp.as_file();
+        file.sync_all()
+            .with_context(|| format!("flushing {}", temp.path().display()))?;
+        // Read-only, as a reminder that entries are never edited in place.
+        file.set_permissions(fs::Permissions::from_mode(0o444))
+            .with_context(|| format!("setting the mode of {}", temp.path().display()))?;
+        temp.persist(&path)
+            .map_err(|e| e.error)
+            .with_context(|| format!("cannot move the download to {}", path.display()))?;
+        // Make the rename durable too; failure here only risks losing a cache entry.
+        if let Err(e) = File::open(&self.cache.entries).and_then(|d| d.sync_all()) {
+            tracing::debug!("cannot fsync {}: {e}", self.cache.entries.display());
+        }
+        Ok(CachedFile {
+            path,
+            sha256: self.digest,
+            size,
+        })
+    }
+}
