@@ -5,6 +5,7 @@
 //! archive; [`render`] generates the configuration; all of it lands in an [`overlay`] value
 //! that the writers in [`archive`], [`seed`] and [`manifest`] serialise.
 
+pub mod archive;
 pub mod compat;
 pub mod imageref;
 pub mod overlay;
