@@ -10,6 +10,7 @@ pub mod compat;
 pub mod imageref;
 pub mod overlay;
 pub mod profile;
+pub mod seed;
 pub mod version;
 pub mod io;
 pub mod output;
