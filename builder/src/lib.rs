@@ -8,6 +8,7 @@
 pub mod archive;
 pub mod compat;
 pub mod imageref;
+pub mod manifest;
 pub mod overlay;
 pub mod profile;
 pub mod seed;
