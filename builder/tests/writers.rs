@@ -752,3 +752,60 @@ fn manifest_and_sha256sums_cover_the_artifacts() {
         fs::read(out.join(manifest::MANIFEST_NAME)).unwrap()
     );
 }
+
+/// `cargo test --release -p nodeforge --test writers -- --ignored --nocapture`: time
+/// `write_both` on ~150 MB of real binaries (from `NODEFORGE_BENCH_DIR`, default /usr/bin,
+/// which holds Go binaries such as containerd on a node-like host).
+#[test]
+#[ignore = "a measurement, not a check; run in release"]
+fn write_both_throughput() {
+    let src = PathBuf::from(std::env::var_os("NODEFORGE_BENCH_DIR").unwrap_or("/usr/bin".into()));
+    let mut o = Overlay::new();
+    let mut total = 0u64;
+    let mut paths: Vec<PathBuf> = fs::read_dir(&src)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    paths.sort();
+    for path in paths {
+        let meta = fs::symlink_metadata(&path).unwrap();
+        if !meta.is_file() || total + meta.len() > 150_000_000 {
+            continue;
+        }
+        let Ok(bytes) = fs::read(&path) else { continue };
+        let name = format!(
+            "usr/local/bin/{}",
+            path.file_name().unwrap().to_string_lossy()
+        );
+        let content = Content::OnDisk {
+            path,
+            size: bytes.len() as u64,
+            sha256: sha(&bytes),
+        };
+        if o.add_file(&name, 0o755, content, rendered()).is_ok() {
+            total += bytes.len() as u64;
+        }
+    }
+    let out = tempfile::tempdir().unwrap();
+    let start = std::time::Instant::now();
+    let [tar, cpio] = write_both(&o, out.path(), MTIME);
+    let secs = start.elapsed().as_secs_f64();
+    let start = std::time::Instant::now();
+    archive::write_tar_gz(
+        &o,
+        &out.path().join("alone.tar.gz"),
+        MTIME,
+        &Interrupt::default(),
+    )
+    .unwrap();
+    let tar_alone = start.elapsed().as_secs_f64();
+    println!(
+        "write_both: {} entries, {:.1} MB in {secs:.2} s = {:.0} MB/s of input (tar.gz alone: {tar_alone:.2} s); \
+         tar.gz {:.1} MB, cpio.gz {:.1} MB",
+        o.len(),
+        total as f64 / 1e6,
+        total as f64 / 1e6 / secs,
+        tar.size as f64 / 1e6,
+        cpio.size as f64 / 1e6
+    );
+}
