@@ -132,6 +132,12 @@ impl Interrupt {
         Ok(Self(flag))
     }
 
+    /// Raise the flag from code: tests use it to exercise the unwinding path without a
+    /// signal.
+    pub fn set(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
     pub fn is_set(&self) -> bool {
         self.0.load(Ordering::Relaxed)
     }
