@@ -7,7 +7,8 @@ use serde::Serialize;
 
 use crate::compat::{self, CriApi};
 use crate::imageref::ImageRef;
-use crate::profile::{Arch, CgroupDriver, LoadedProfile, Profile};
+use crate::profile::{Arch, CgroupDriver, LoadedProfile};
+use crate::render::sandbox_image;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -37,14 +38,24 @@ impl std::fmt::Display for Finding {
 
 /// Registries whose names are often mistyped; a reference to a near miss is almost always a
 /// typo that would surface only as an image pull failure on the node.
-const KNOWN_REGISTRIES: &[&str] =
-    &["registry.k8s.io", "k8s.gcr.io", "gcr.io", "docker.io", "registry-1.docker.io", "quay.io", "ghcr.io", "mcr.microsoft.com", "public.ecr.aws"];
+const KNOWN_REGISTRIES: &[&str] = &[
+    "registry.k8s.io",
+    "k8s.gcr.io",
+    "gcr.io",
+    "docker.io",
+    "registry-1.docker.io",
+    "quay.io",
+    "ghcr.io",
+    "mcr.microsoft.com",
+    "public.ecr.aws",
+];
 
 /// Run every rule against a loaded profile.
 pub fn check(loaded: &LoadedProfile) -> Vec<Finding> {
     let p = &loaded.profile;
     let mut out = Vec::new();
-    let mut err = |code, message: String, fix: String| out.push(Finding { severity: Severity::Error, code, message, fix });
+    let mut err =
+        |code, message: String, fix: String| out.push(Finding { severity: Severity::Error, code, message, fix });
     let k8s = &p.kubernetes.version;
     let ctr = &p.containerd.version;
 
@@ -61,7 +72,8 @@ pub fn check(loaded: &LoadedProfile) -> Vec<Finding> {
         err(
             "no-bundle-for-2x",
             format!("containerd {ctr} publishes no cri-containerd-cni bundle (removed in 2.0)"),
-            "use containerd 1.7 with the bundle; per-component sources for 2.x are not supported by this nodeforge yet".into(),
+            "use containerd 1.7 with the bundle; per-component sources for 2.x are not supported by this nodeforge yet"
+                .into(),
         );
     }
     // runtime-facts §1.1: 1.4 and 1.5 bundles were built for amd64 only.
@@ -77,23 +89,37 @@ pub fn check(loaded: &LoadedProfile) -> Vec<Finding> {
     if !p.registry.mirrors.is_empty() && !ctr.at_least(1, 5, 0) {
         err(
             "mirrors-need-1.5",
-            format!("registry mirrors are rendered as config_path + certs.d, which containerd {ctr} does not read (added in 1.5)"),
+            format!(
+                "registry mirrors are rendered as config_path + certs.d, which containerd {ctr} does not read (added in 1.5)"
+            ),
             "remove [[registry.mirror]] or use containerd 1.5 or newer".into(),
         );
     }
     let mut hosts = BTreeSet::new();
     for m in &p.registry.mirrors {
         if !hosts.insert(m.host.as_str()) {
-            err("duplicate-mirror", format!("[[registry.mirror]] host `{}` appears twice", m.host), "merge the endpoints into one entry".into());
+            err(
+                "duplicate-mirror",
+                format!("[[registry.mirror]] host `{}` appears twice", m.host),
+                "merge the endpoints into one entry".into(),
+            );
         }
         if m.endpoints.is_empty() {
-            err("mirror-without-endpoints", format!("[[registry.mirror]] `{}` lists no endpoints", m.host), "add at least one endpoint URL".into());
+            err(
+                "mirror-without-endpoints",
+                format!("[[registry.mirror]] `{}` lists no endpoints", m.host),
+                "add at least one endpoint URL".into(),
+            );
         }
     }
     let mut refs = BTreeSet::new();
     for img in &p.images {
         if !refs.insert(img.reference.to_string()) {
-            err("duplicate-image", format!("image `{}` is preloaded twice", img.reference), "keep one [[image]] entry per reference".into());
+            err(
+                "duplicate-image",
+                format!("image `{}` is preloaded twice", img.reference),
+                "keep one [[image]] entry per reference".into(),
+            );
         }
         let is_url = img.source.starts_with("http://") || img.source.starts_with("https://");
         if !is_url && !loaded.resolve(&img.source).is_file() {
@@ -114,7 +140,8 @@ pub fn check(loaded: &LoadedProfile) -> Vec<Finding> {
         registry_findings("[[registry.mirror]] host", &m.host, &mut out);
     }
 
-    let mut warn = |code, message: String, fix: String| out.push(Finding { severity: Severity::Warning, code, message, fix });
+    let mut warn =
+        |code, message: String, fix: String| out.push(Finding { severity: Severity::Warning, code, message, fix });
     // runtime-facts §1.4: deprecated since 1.6.
     if ctr.at_least(1, 6, 0) && ctr.major < 2 {
         warn(
@@ -154,7 +181,11 @@ pub fn check(loaded: &LoadedProfile) -> Vec<Finding> {
     }
     let subnet = p.node.cni_subnet;
     if subnet.prefix_len() > 28 {
-        warn("cni-subnet-small", format!("node.cni_subnet {subnet} leaves fewer than 14 pod addresses"), "use a /24 or larger".into());
+        warn(
+            "cni-subnet-small",
+            format!("node.cni_subnet {subnet} leaves fewer than 14 pod addresses"),
+            "use a /24 or larger".into(),
+        );
     }
     let services: ipnet::Ipv4Net = "10.96.0.0/12".parse().expect("constant");
     if services.contains(&subnet.network()) || subnet.contains(&services.network()) {
@@ -166,11 +197,6 @@ pub fn check(loaded: &LoadedProfile) -> Vec<Finding> {
     }
     out.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.code.cmp(b.code)));
     out
-}
-
-/// The sandbox image the node will use: the profile's, or kubeadm's default for its version.
-pub fn sandbox_image(p: &Profile) -> ImageRef {
-    p.node.sandbox_image.clone().unwrap_or_else(|| compat::default_sandbox_image(&p.kubernetes.version))
 }
 
 fn registry_findings(field: &str, host: &str, out: &mut Vec<Finding>) {
@@ -219,7 +245,7 @@ pub fn has_errors(findings: &[Finding]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::profile::Sha256Hex;
+    use crate::profile::{Profile, Sha256Hex};
 
     fn load(extra: &str, k8s: &str, ctr: &str) -> LoadedProfile {
         let text = format!(
@@ -260,9 +286,16 @@ mod tests {
 
     #[test]
     fn kubeadm_expectations_are_warned() {
-        let f = check(&load("[node]\ncgroup_driver = \"cgroupfs\"\nsandbox_image = \"registry.k8s.io/pause:3.6\"\n", "1.30.0", "1.7.27"));
+        let f = check(&load(
+            "[node]\ncgroup_driver = \"cgroupfs\"\nsandbox_image = \"registry.k8s.io/pause:3.6\"\n",
+            "1.30.0",
+            "1.7.27",
+        ));
         let c = codes(&f);
-        assert!(c.contains(&"cgroupfs-with-kubeadm") && c.contains(&"sandbox-version") && c.contains(&"bundle-deprecated"), "{c:?}");
+        assert!(
+            c.contains(&"cgroupfs-with-kubeadm") && c.contains(&"sandbox-version") && c.contains(&"bundle-deprecated"),
+            "{c:?}"
+        );
         assert!(!has_errors(&f));
     }
 

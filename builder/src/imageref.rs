@@ -192,7 +192,8 @@ mod tests {
 
     #[test]
     fn refuses_what_containerd_refuses() {
-        for bad in ["", "Registry.k8s.io/Pause:3.9", "registry.k8s.io/pause", "a//b:1", "x/y:", "x/y:-1", "x@sha256:12"] {
+        for bad in ["", "Registry.k8s.io/Pause:3.9", "registry.k8s.io/pause", "a//b:1", "x/y:", "x/y:-1", "x@sha256:12"]
+        {
             assert!(bad.parse::<ImageRef>().is_err(), "{bad} parsed");
         }
     }

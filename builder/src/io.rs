@@ -2,8 +2,8 @@
 //! size cap, notice an interrupt. Nothing here buffers a whole artifact.
 
 use std::io::{self, Read, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use sha2::{Digest, Sha256};
 

@@ -7,7 +7,10 @@
 //! whole path.
 
 pub mod archive;
+pub mod build;
 pub mod check;
+pub mod cli;
+pub mod commands;
 pub mod compat;
 pub mod fetch;
 pub mod imageref;

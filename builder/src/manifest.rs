@@ -55,14 +55,8 @@ pub struct SourceRecord {
 /// The sources a profile names, with the digests it pins. A caller that fetched from a
 /// mirror records the URL it actually used instead.
 pub fn sources_from_profile(profile: &Profile) -> Vec<SourceRecord> {
-    let mut sources = vec![SourceRecord {
-        url: profile.bundle_url(),
-        sha256: profile.containerd.bundle.sha256,
-    }];
-    sources.extend(profile.images.iter().map(|i| SourceRecord {
-        url: i.source.clone(),
-        sha256: i.sha256,
-    }));
+    let mut sources = vec![SourceRecord { url: profile.bundle_url(), sha256: profile.containerd.bundle.sha256 }];
+    sources.extend(profile.images.iter().map(|i| SourceRecord { url: i.source.clone(), sha256: i.sha256 }));
     sources
 }
 
@@ -166,10 +160,7 @@ pub fn sha256sums(artifacts: &[ArtifactInfo]) -> Result<String> {
         // sha256sum escapes such names with a leading backslash; nodeforge never makes them,
         // so refuse rather than write a line `sha256sum -c` would misread.
         if a.name.is_empty() || a.name.contains(['/', '\\', '\n', '\r']) {
-            bail!(
-                "artifact name {:?} cannot be listed in {SHA256SUMS_NAME}",
-                a.name
-            );
+            bail!("artifact name {:?} cannot be listed in {SHA256SUMS_NAME}", a.name);
         }
         out.push_str(&format!("{}  {}\n", a.sha256, a.name));
     }
@@ -178,11 +169,7 @@ pub fn sha256sums(artifacts: &[ArtifactInfo]) -> Result<String> {
 
 /// Write `SHA256SUMS` into `dir` atomically.
 pub fn write_sha256sums(dir: &Path, artifacts: &[ArtifactInfo]) -> Result<()> {
-    write_atomic(
-        &dir.join(SHA256SUMS_NAME),
-        sha256sums(artifacts)?.as_bytes(),
-        0o644,
-    )?;
+    write_atomic(&dir.join(SHA256SUMS_NAME), sha256sums(artifacts)?.as_bytes(), 0o644)?;
     Ok(())
 }
 
@@ -198,36 +185,19 @@ mod tests {
             "a".repeat(64)
         );
         let profile = Profile::parse(&text).expect("test profile parses");
-        LoadedProfile {
-            path: "profiles/m.toml".into(),
-            profile,
-            sha256: Sha256Hex([7; 32]),
-        }
+        LoadedProfile { path: "profiles/m.toml".into(), profile, sha256: Sha256Hex([7; 32]) }
     }
 
     fn artifact(name: &str, byte: u8) -> ArtifactInfo {
-        ArtifactInfo {
-            name: name.into(),
-            size: 3,
-            sha256: Sha256Hex([byte; 32]),
-        }
+        ArtifactInfo { name: name.into(), size: 3, sha256: Sha256Hex([byte; 32]) }
     }
 
     #[test]
     fn entries_and_lists_are_recorded_in_a_fixed_order() {
         let mut o = Overlay::new();
-        let rendered = Origin::Rendered {
-            renderer: "t".into(),
-        };
-        o.add_file(
-            "etc/crictl.yaml",
-            0o644,
-            Content::Inline(b"x\n".to_vec()),
-            rendered.clone(),
-        )
-        .unwrap();
-        o.add_symlink("usr/local/bin/k", "/usr/bin/k", rendered)
-            .unwrap();
+        let rendered = Origin::Rendered { renderer: "t".into() };
+        o.add_file("etc/crictl.yaml", 0o644, Content::Inline(b"x\n".to_vec()), rendered.clone()).unwrap();
+        o.add_symlink("usr/local/bin/k", "/usr/bin/k", rendered).unwrap();
         let p = loaded();
         let m = Manifest::new(
             &p,
@@ -241,23 +211,8 @@ mod tests {
         assert_eq!(v["profile"]["path"], "profiles/m.toml");
         assert_eq!(v["profile"]["profile"]["containerd"]["version"], "1.7.27");
         assert_eq!(v["sources"][0]["sha256"], "a".repeat(64));
-        let paths: Vec<_> = v["entries"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["path"].as_str().unwrap())
-            .collect();
-        assert_eq!(
-            paths,
-            [
-                "/etc",
-                "/etc/crictl.yaml",
-                "/usr",
-                "/usr/local",
-                "/usr/local/bin",
-                "/usr/local/bin/k"
-            ]
-        );
+        let paths: Vec<_> = v["entries"].as_array().unwrap().iter().map(|e| e["path"].as_str().unwrap()).collect();
+        assert_eq!(paths, ["/etc", "/etc/crictl.yaml", "/usr", "/usr/local", "/usr/local/bin", "/usr/local/bin/k"]);
         let file = &v["entries"][1];
         assert_eq!(file["type"], "file");
         assert_eq!(file["mode"], "0644");
@@ -273,10 +228,7 @@ mod tests {
     #[test]
     fn sha256sums_is_sorted_and_refuses_odd_names() {
         let text = sha256sums(&[artifact("b", 0xbb), artifact("a", 0xaa)]).unwrap();
-        assert_eq!(
-            text,
-            format!("{}  a\n{}  b\n", "aa".repeat(32), "bb".repeat(32))
-        );
+        assert_eq!(text, format!("{}  a\n{}  b\n", "aa".repeat(32), "bb".repeat(32)));
         assert!(sha256sums(&[artifact("x\ny", 0)]).is_err());
         assert!(sha256sums(&[artifact("../x", 0)]).is_err());
     }

@@ -44,7 +44,11 @@ impl AtomicFile {
     pub fn commit(self, mode: u32) -> Result<PathBuf> {
         use std::os::unix::fs::PermissionsExt;
         let dest = self.dest;
-        let temp = self.temp.into_inner().map_err(|e| e.into_error()).with_context(|| format!("writing {}", dest.display()))?;
+        let temp = self
+            .temp
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .with_context(|| format!("writing {}", dest.display()))?;
         temp.as_file().set_permissions(fs::Permissions::from_mode(mode))?;
         temp.as_file().sync_all().with_context(|| format!("flushing {}", dest.display()))?;
         temp.persist(&dest).map_err(|e| e.error).with_context(|| format!("renaming into {}", dest.display()))?;

@@ -293,8 +293,8 @@ pub struct LoadedProfile {
 impl LoadedProfile {
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).with_context(|| format!("cannot read profile {}", path.display()))?;
-        let text = std::str::from_utf8(&bytes)
-            .with_context(|| format!("profile {} is not UTF-8 text", path.display()))?;
+        let text =
+            std::str::from_utf8(&bytes).with_context(|| format!("profile {} is not UTF-8 text", path.display()))?;
         let profile = Profile::parse(text).map_err(|e| anyhow::anyhow!("profile {}: {e}", path.display()))?;
         Ok(Self { path: path.to_owned(), profile, sha256: Sha256Hex(Sha256::digest(&bytes).into()) })
     }

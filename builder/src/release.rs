@@ -183,7 +183,8 @@ pub fn select_bundle(
             (true, _, Some(keep)) => {
                 let path = staging.join(format!("{}", staged.len()));
                 let mode = entry.header().mode().unwrap_or(0o644);
-                let (size, sha) = stage(&mut entry, &path, interrupt).map_err(|e| e.context(format!("{name}: {member}")))?;
+                let (size, sha) =
+                    stage(&mut entry, &path, interrupt).map_err(|e| e.context(format!("{name}: {member}")))?;
                 let mode = finish_member(&member, keep, mode, &path, req.arch, name)?;
                 staged.insert(member.clone(), (path.clone(), size, sha));
                 sel.files.push(SelectedFile {
@@ -231,9 +232,9 @@ pub fn select_bundle(
 
 fn read_error(archive: &str, e: io::Error) -> anyhow::Error {
     // LimitReader's and Interrupt's errors travel inside io::Error; surface them as they are.
-    let wrapped = e.get_ref().is_some_and(|inner| {
-        inner.is::<crate::io::SizeLimitExceeded>() || inner.is::<crate::io::Interrupted>()
-    });
+    let wrapped = e
+        .get_ref()
+        .is_some_and(|inner| inner.is::<crate::io::SizeLimitExceeded>() || inner.is::<crate::io::Interrupted>());
     if wrapped {
         let inner = e.into_inner().expect("checked above");
         return anyhow::anyhow!(inner);
@@ -318,7 +319,14 @@ struct EntryGuard<'a> {
 
 impl<'a> EntryGuard<'a> {
     fn new(archive: &'a str, max_entries: usize) -> Self {
-        Self { archive, max_entries, count: 0, seen: BTreeSet::new(), symlinks: BTreeSet::new(), files: BTreeSet::new() }
+        Self {
+            archive,
+            max_entries,
+            count: 0,
+            seen: BTreeSet::new(),
+            symlinks: BTreeSet::new(),
+            files: BTreeSet::new(),
+        }
     }
 
     fn normalise(&self, raw: &[u8]) -> Result<Option<String>, UnsafeArchive> {
@@ -367,7 +375,9 @@ impl<'a> EntryGuard<'a> {
             }
             prefix.push_str(c);
             if self.symlinks.contains(&prefix) {
-                return Err(UnsafeArchive::ThroughSymlink { archive: self.archive.into(), entry: path, link: prefix }.into());
+                return Err(
+                    UnsafeArchive::ThroughSymlink { archive: self.archive.into(), entry: path, link: prefix }.into()
+                );
             }
         }
         if !self.seen.insert(path.clone()) {
@@ -392,7 +402,11 @@ impl<'a> EntryGuard<'a> {
         let raw = entry.link_name_bytes().map(|b| b.into_owned()).unwrap_or_default();
         let shown = String::from_utf8_lossy(&raw).into_owned();
         let entry_path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-        let outside = || UnsafeArchive::HardLinkOutside { archive: self.archive.into(), entry: entry_path.clone(), target: shown.clone() };
+        let outside = || UnsafeArchive::HardLinkOutside {
+            archive: self.archive.into(),
+            entry: entry_path.clone(),
+            target: shown.clone(),
+        };
         let target = self.normalise(&raw).map_err(|_| outside())?.ok_or_else(outside)?;
         if !self.files.contains(&target) {
             return Err(outside().into());

@@ -170,14 +170,7 @@ struct Match {
 fn network_config() -> Result<String> {
     let config = NetworkConfig {
         version: 2,
-        ethernets: [(
-            "ethernet",
-            Ethernet {
-                matches: Match { name: "e*" },
-                dhcp4: true,
-            },
-        )]
-        .into(),
+        ethernets: [("ethernet", Ethernet { matches: Match { name: "e*" }, dhcp4: true })].into(),
     };
     serde_saphyr::to_string(&config).context("serialising network-config")
 }
@@ -212,11 +205,7 @@ impl SeedFiles {
             Some(id) => id.clone(),
             None => {
                 let mut h = Sha256::new();
-                for part in [
-                    &profile.sha256.0[..],
-                    user_data.as_bytes(),
-                    network_config.as_bytes(),
-                ] {
+                for part in [&profile.sha256.0[..], user_data.as_bytes(), network_config.as_bytes()] {
                     // Length-prefixed so the parts cannot run into each other.
                     h.update((part.len() as u64).to_be_bytes());
                     h.update(part);
@@ -224,17 +213,9 @@ impl SeedFiles {
                 format!("nodeforge-{}", &hex::encode(h.finalize())[..16])
             }
         };
-        let meta = MetaData {
-            instance_id: &instance_id,
-            local_hostname: profile.profile.hostname(),
-        };
+        let meta = MetaData { instance_id: &instance_id, local_hostname: profile.profile.hostname() };
         let meta_data = serde_saphyr::to_string(&meta).context("serialising meta-data")?;
-        Ok(Self {
-            user_data,
-            meta_data,
-            network_config: Some(network_config),
-            vendor_data: None,
-        })
+        Ok(Self { user_data, meta_data, network_config: Some(network_config), vendor_data: None })
     }
 
     /// The files by the names cloud-init opens, in a fixed order.
@@ -268,28 +249,18 @@ impl SeedFiles {
         let size = (payload + payload / 8 + 256 * 1024).div_ceil(MIN_IMAGE_BYTES) * MIN_IMAGE_BYTES;
         let size = usize::try_from(size).context("seed too large")?;
         let mut disk = Cursor::new(vec![0u8; size]);
-        let options = fatfs::FormatVolumeOptions::new()
-            .volume_label(*VOLUME_LABEL)
-            .volume_id(self.volume_id());
+        let options = fatfs::FormatVolumeOptions::new().volume_label(*VOLUME_LABEL).volume_id(self.volume_id());
         fatfs::format_volume(&mut disk, options).context("formatting the seed image")?;
         disk.set_position(0);
         {
-            let fs = fatfs::FileSystem::new(
-                &mut disk,
-                fatfs::FsOptions::new().time_provider(&FIXED_TIME),
-            )
-            .context("opening the new seed image")?;
+            let fs = fatfs::FileSystem::new(&mut disk, fatfs::FsOptions::new().time_provider(&FIXED_TIME))
+                .context("opening the new seed image")?;
             let root = fs.root_dir();
             for (name, text) in self.files() {
-                let mut f = root
-                    .create_file(name)
-                    .with_context(|| format!("creating {name} in the seed image"))?;
-                f.truncate()
-                    .with_context(|| format!("writing {name} in the seed image"))?;
-                f.write_all(text.as_bytes())
-                    .with_context(|| format!("writing {name} in the seed image"))?;
-                f.flush()
-                    .with_context(|| format!("writing {name} in the seed image"))?;
+                let mut f = root.create_file(name).with_context(|| format!("creating {name} in the seed image"))?;
+                f.truncate().with_context(|| format!("writing {name} in the seed image"))?;
+                f.write_all(text.as_bytes()).with_context(|| format!("writing {name} in the seed image"))?;
+                f.flush().with_context(|| format!("writing {name} in the seed image"))?;
             }
             drop(root);
             // Unmount clears the dirty flag fatfs sets while mounted; fsck.fat would flag it.
@@ -322,8 +293,7 @@ pub fn write_seed_image(files: &SeedFiles, dest: &Path) -> Result<ArtifactInfo> 
         .to_owned();
     let image = files.image()?;
     let mut out = HashingWriter::new(AtomicFile::create(dest)?);
-    out.write_all(&image)
-        .with_context(|| format!("writing {}", dest.display()))?;
+    out.write_all(&image).with_context(|| format!("writing {}", dest.display()))?;
     let (file, sha256, size) = out.finish();
     file.commit(0o600)?;
     Ok(ArtifactInfo { name, size, sha256 })
@@ -339,23 +309,11 @@ static FIXED_TIME: FixedTime = FixedTime;
 
 impl fatfs::TimeProvider for FixedTime {
     fn get_current_date(&self) -> fatfs::Date {
-        fatfs::Date {
-            year: 1980,
-            month: 1,
-            day: 1,
-        }
+        fatfs::Date { year: 1980, month: 1, day: 1 }
     }
 
     fn get_current_date_time(&self) -> fatfs::DateTime {
-        fatfs::DateTime {
-            date: self.get_current_date(),
-            time: fatfs::Time {
-                hour: 0,
-                min: 0,
-                sec: 0,
-                millis: 0,
-            },
-        }
+        fatfs::DateTime { date: self.get_current_date(), time: fatfs::Time { hour: 0, min: 0, sec: 0, millis: 0 } }
     }
 }
 
@@ -371,11 +329,7 @@ mod tests {
             "0".repeat(64)
         );
         let profile = Profile::parse(&text).expect("test profile parses");
-        LoadedProfile {
-            path: "p.toml".into(),
-            profile,
-            sha256: Sha256Hex(Sha256::digest(text.as_bytes()).into()),
-        }
+        LoadedProfile { path: "p.toml".into(), profile, sha256: Sha256Hex(Sha256::digest(text.as_bytes()).into()) }
     }
 
     #[test]
@@ -384,10 +338,7 @@ mod tests {
         let mut ud = UserData::for_profile(&p.profile);
         ud.write_files.push(WriteFile::secret("/etc/x", "on\n"));
         let text = ud.render().unwrap();
-        assert!(
-            text.starts_with("#cloud-config\nhostname: node-a\n"),
-            "{text}"
-        );
+        assert!(text.starts_with("#cloud-config\nhostname: node-a\n"), "{text}");
         assert!(text.contains("ssh_pwauth: false\n"), "{text}");
         assert!(text.contains("- ssh-ed25519 AAAA k@h\n"), "{text}");
         // PyYAML would read a bare 0600 as the integer 384.
@@ -400,24 +351,12 @@ mod tests {
         let p = loaded("");
         let a = seed_files(&p).unwrap();
         assert_eq!(a, seed_files(&p).unwrap());
-        assert!(
-            a.meta_data.starts_with("instance-id: nodeforge-"),
-            "{}",
-            a.meta_data
-        );
-        assert!(
-            a.meta_data.ends_with("local-hostname: node-a\n"),
-            "{}",
-            a.meta_data
-        );
+        assert!(a.meta_data.starts_with("instance-id: nodeforge-"), "{}", a.meta_data);
+        assert!(a.meta_data.ends_with("local-hostname: node-a\n"), "{}", a.meta_data);
         let b = seed_files(&loaded("[seed]\nhostname = \"other\"\n")).unwrap();
         assert_ne!(a.meta_data.lines().next(), b.meta_data.lines().next());
         let fixed = seed_files(&loaded("[seed]\ninstance_id = \"i-1\"\n")).unwrap();
-        assert!(
-            fixed.meta_data.starts_with("instance-id: i-1\n"),
-            "{}",
-            fixed.meta_data
-        );
+        assert!(fixed.meta_data.starts_with("instance-id: i-1\n"), "{}", fixed.meta_data);
     }
 
     #[test]
@@ -428,11 +367,7 @@ mod tests {
         assert_eq!(image.len() as u64, MIN_IMAGE_BYTES);
         let fs = fatfs::FileSystem::new(Cursor::new(image), fatfs::FsOptions::new()).unwrap();
         assert_eq!(fs.volume_label(), "cidata");
-        let mut names: Vec<_> = fs
-            .root_dir()
-            .iter()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        let mut names: Vec<_> = fs.root_dir().iter().map(|e| e.unwrap().file_name()).collect();
         names.sort();
         assert_eq!(names, ["meta-data", "network-config", "user-data"]);
     }
@@ -445,11 +380,7 @@ mod tests {
         assert!(image.len() > 3 << 20);
         let fs = fatfs::FileSystem::new(Cursor::new(image), fatfs::FsOptions::new()).unwrap();
         let mut text = String::new();
-        std::io::Read::read_to_string(
-            &mut fs.root_dir().open_file("vendor-data").unwrap(),
-            &mut text,
-        )
-        .unwrap();
+        std::io::Read::read_to_string(&mut fs.root_dir().open_file("vendor-data").unwrap(), &mut text).unwrap();
         assert_eq!(Some(text), files.vendor_data);
     }
 }

@@ -32,11 +32,7 @@ fn payload(len: usize) -> Vec<u8> {
 }
 
 fn artifact(url: &str, bytes: &[u8]) -> Artifact {
-    Artifact {
-        name: "a.tar.gz".into(),
-        url: url.into(),
-        sha256: sha(bytes),
-    }
+    Artifact { name: "a.tar.gz".into(), url: url.into(), sha256: sha(bytes) }
 }
 
 fn fetcher(cache: &Path) -> Fetcher {
@@ -44,23 +40,13 @@ fn fetcher(cache: &Path) -> Fetcher {
 }
 
 fn files_in(dir: &Path) -> Vec<PathBuf> {
-    fs::read_dir(dir)
-        .map(|rd| rd.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default()
+    fs::read_dir(dir).map(|rd| rd.flatten().map(|e| e.path()).collect()).unwrap_or_default()
 }
 
 /// No entry and no leftover temp file: a failed fetch must leave the cache as it was.
 fn assert_cache_empty(cache: &Path) {
-    assert_eq!(
-        files_in(&cache.join("sha256")),
-        Vec::<PathBuf>::new(),
-        "cache entries"
-    );
-    assert_eq!(
-        files_in(&cache.join("tmp")),
-        Vec::<PathBuf>::new(),
-        "temp files"
-    );
+    assert_eq!(files_in(&cache.join("sha256")), Vec::<PathBuf>::new(), "cache entries");
+    assert_eq!(files_in(&cache.join("tmp")), Vec::<PathBuf>::new(), "temp files");
 }
 
 fn fetch_error(f: &Fetcher, a: &Artifact) -> anyhow::Error {
@@ -76,10 +62,7 @@ fn downloads_verifies_and_reuses_the_cache() {
     let a = artifact(&server.url("/a.tar.gz"), &body);
 
     let got = fetcher(cache.path()).fetch(&a).unwrap();
-    assert_eq!(
-        got.path,
-        cache.path().join("sha256").join(a.sha256.to_string())
-    );
+    assert_eq!(got.path, cache.path().join("sha256").join(a.sha256.to_string()));
     assert_eq!((got.sha256, got.size), (a.sha256, body.len() as u64));
     assert_eq!(fs::read(&got.path).unwrap(), body);
     assert!(fs::metadata(&got.path).unwrap().permissions().readonly());
@@ -120,17 +103,8 @@ fn checksum_mismatch_names_url_and_both_digests_and_caches_nothing() {
     let text = format!("{err:#}");
     assert!(text.contains(&server.url("/a.tar.gz")), "{text}");
     assert!(text.contains(&a.sha256.to_string()), "{text}");
-    assert!(
-        text.contains(&sha(b"what the server has").to_string()),
-        "{text}"
-    );
-    assert!(
-        matches!(
-            err.downcast_ref(),
-            Some(FetchError::ChecksumMismatch { .. })
-        ),
-        "{text}"
-    );
+    assert!(text.contains(&sha(b"what the server has").to_string()), "{text}");
+    assert!(matches!(err.downcast_ref(), Some(FetchError::ChecksumMismatch { .. })), "{text}");
     assert_cache_empty(cache.path());
 }
 
@@ -143,14 +117,8 @@ fn http_error_statuses_name_url_and_status() {
     for (path, code) in [("/missing", "404"), ("/boom", "500")] {
         let err = fetch_error(&f, &artifact(&server.url(path), b"x"));
         let text = err.to_string();
-        assert!(
-            text.contains(&server.url(path)) && text.contains(code),
-            "{text}"
-        );
-        assert!(
-            matches!(err.downcast_ref(), Some(FetchError::HttpStatus { .. })),
-            "{text}"
-        );
+        assert!(text.contains(&server.url(path)) && text.contains(code), "{text}");
+        assert!(matches!(err.downcast_ref(), Some(FetchError::HttpStatus { .. })), "{text}");
         assert_eq!(text.contains("check the version"), code == "404", "{text}");
     }
     assert_cache_empty(cache.path());
@@ -161,62 +129,28 @@ fn credentials_and_tokens_never_appear_in_errors() {
     let server = TestServer::start();
     let cache = tempfile::tempdir().unwrap();
     let f = fetcher(cache.path());
-    let url = format!(
-        "http://alice:hunter2@{}/missing?token=t0ps3cret",
-        server.addr()
-    );
+    let url = format!("http://alice:hunter2@{}/missing?token=t0ps3cret", server.addr());
     let text = format!("{:#}", fetch_error(&f, &artifact(&url, b"x")));
     assert!(text.contains("/missing") && text.contains("404"), "{text}");
-    assert!(
-        !text.contains("hunter2") && !text.contains("t0ps3cret"),
-        "{text}"
-    );
+    assert!(!text.contains("hunter2") && !text.contains("t0ps3cret"), "{text}");
 
     // Connection refused: reqwest's own message would repeat the URL.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let url = format!("http://alice:hunter2@{closed}/x?token=t0ps3cret");
     let text = format!("{:#}", fetch_error(&f, &artifact(&url, b"x")));
     assert!(text.contains(&closed.to_string()), "{text}");
-    assert!(
-        !text.contains("hunter2") && !text.contains("t0ps3cret"),
-        "{text}"
-    );
+    assert!(!text.contains("hunter2") && !text.contains("t0ps3cret"), "{text}");
 }
 
 #[test]
 fn a_truncated_body_is_reported_as_such() {
     let server = TestServer::start();
-    server.route(
-        "/short",
-        Route::Truncated {
-            claimed: 5000,
-            body: payload(1200),
-        },
-    );
+    server.route("/short", Route::Truncated { claimed: 5000, body: payload(1200) });
     let cache = tempfile::tempdir().unwrap();
-    let err = fetch_error(
-        &fetcher(cache.path()),
-        &artifact(&server.url("/short"), &payload(5000)),
-    );
+    let err = fetch_error(&fetcher(cache.path()), &artifact(&server.url("/short"), &payload(5000)));
     let text = format!("{err:#}");
-    assert!(
-        matches!(
-            err.downcast_ref(),
-            Some(FetchError::Truncated {
-                expected: 5000,
-                received: 1200,
-                ..
-            })
-        ),
-        "{text}"
-    );
-    assert!(
-        text.contains(&server.url("/short")) && text.contains("closed early"),
-        "{text}"
-    );
+    assert!(matches!(err.downcast_ref(), Some(FetchError::Truncated { expected: 5000, received: 1200, .. })), "{text}");
+    assert!(text.contains(&server.url("/short")) && text.contains("closed early"), "{text}");
     assert_cache_empty(cache.path());
 }
 
@@ -225,13 +159,7 @@ fn bodies_over_the_cap_are_refused_with_or_without_content_length() {
     let server = TestServer::start();
     server.route("/exact", Route::Bytes(payload(4096)));
     server.route("/big", Route::Bytes(payload(4097)));
-    server.route(
-        "/endless",
-        Route::Endless {
-            chunk: vec![0; 1024],
-            interval: Duration::ZERO,
-        },
-    );
+    server.route("/endless", Route::Endless { chunk: vec![0; 1024], interval: Duration::ZERO });
     let cache = tempfile::tempdir().unwrap();
     let mut options = FetchOptions::new(cache.path());
     options.max_download_bytes = 4096;
@@ -240,27 +168,17 @@ fn bodies_over_the_cap_are_refused_with_or_without_content_length() {
     for path in ["/big", "/endless"] {
         let err = fetch_error(&f, &artifact(&server.url(path), b"irrelevant"));
         let text = format!("{err:#}");
-        assert!(
-            matches!(
-                err.downcast_ref(),
-                Some(FetchError::TooLarge { limit: 4096, .. })
-            ),
-            "{text}"
-        );
+        assert!(matches!(err.downcast_ref(), Some(FetchError::TooLarge { limit: 4096, .. })), "{text}");
         assert!(text.contains(&server.url(path)), "{text}");
     }
     assert_cache_empty(cache.path());
-    f.fetch(&artifact(&server.url("/exact"), &payload(4096)))
-        .expect("exactly at the cap is fine");
+    f.fetch(&artifact(&server.url("/exact"), &payload(4096))).expect("exactly at the cap is fine");
 }
 
 #[test]
 fn a_stalled_download_times_out() {
     let server = TestServer::start();
-    let stall = Route::Endless {
-        chunk: vec![1; 1024],
-        interval: Duration::from_secs(5),
-    };
+    let stall = Route::Endless { chunk: vec![1; 1024], interval: Duration::from_secs(5) };
     server.route("/stall", stall);
     let cache = tempfile::tempdir().unwrap();
     let mut options = FetchOptions::new(cache.path());
@@ -269,15 +187,8 @@ fn a_stalled_download_times_out() {
     let started = Instant::now();
     let err = fetch_error(&f, &artifact(&server.url("/stall"), b"x"));
     let text = format!("{err:#}");
-    assert!(
-        started.elapsed() < Duration::from_secs(4),
-        "took {:?}",
-        started.elapsed()
-    );
-    assert!(
-        text.contains(&server.url("/stall")) && text.contains("no data for 0.3 s"),
-        "{text}"
-    );
+    assert!(started.elapsed() < Duration::from_secs(4), "took {:?}", started.elapsed());
+    assert!(text.contains(&server.url("/stall")) && text.contains("no data for 0.3 s"), "{text}");
     assert_cache_empty(cache.path());
 }
 
@@ -289,9 +200,7 @@ fn any_bytes_are_fine_when_the_digest_matches() {
     // No Content-Length: the body runs to the connection close.
     server.route("/garbage", Route::BytesNoLength(body.clone()));
     let cache = tempfile::tempdir().unwrap();
-    let got = fetcher(cache.path())
-        .fetch(&artifact(&server.url("/garbage"), &body))
-        .unwrap();
+    let got = fetcher(cache.path()).fetch(&artifact(&server.url("/garbage"), &body)).unwrap();
     assert_eq!(fs::read(got.path).unwrap(), body);
 }
 
@@ -310,13 +219,7 @@ fn plain_http_redirects_are_followed_and_loops_stop() {
     assert_eq!((server.hits("/old"), server.hits("/new")), (1, 1));
 
     let err = fetch_error(&f, &artifact(&server.url("/loop"), b"x"));
-    assert!(
-        matches!(
-            err.downcast_ref(),
-            Some(FetchError::TooManyRedirects { .. })
-        ),
-        "{err:#}"
-    );
+    assert!(matches!(err.downcast_ref(), Some(FetchError::TooManyRedirects { .. })), "{err:#}");
     assert!(server.hits("/loop") <= 12, "{}", server.hits("/loop"));
 }
 
@@ -335,11 +238,7 @@ fn https_with_a_private_ca_works_and_a_downgrade_redirect_is_refused() {
 
     // Without the CA the server is not trusted: proves the option is what makes it work.
     let untrusting = fetcher(&cache.path().join("c1"));
-    assert!(
-        untrusting
-            .fetch(&artifact(&https.url("/a.tar.gz"), &body))
-            .is_err()
-    );
+    assert!(untrusting.fetch(&artifact(&https.url("/a.tar.gz"), &body)).is_err());
 
     let mut options = FetchOptions::new(cache.path().join("c2"));
     options.ca_cert = Some(ca_file);
@@ -347,30 +246,11 @@ fn https_with_a_private_ca_works_and_a_downgrade_redirect_is_refused() {
     let got = f.fetch(&artifact(&https.url("/a.tar.gz"), &body)).unwrap();
     assert_eq!(fs::read(got.path).unwrap(), body);
 
-    let err = fetch_error(
-        &f,
-        &Artifact {
-            name: "b".into(),
-            ..artifact(&https.url("/down"), b"other")
-        },
-    );
+    let err = fetch_error(&f, &Artifact { name: "b".into(), ..artifact(&https.url("/down"), b"other") });
     let text = err.to_string();
-    assert!(
-        matches!(
-            err.downcast_ref(),
-            Some(FetchError::InsecureRedirect { .. })
-        ),
-        "{text}"
-    );
-    assert!(
-        text.contains(&https.url("/down")) && text.contains(&http.url("/a.tar.gz")),
-        "{text}"
-    );
-    assert_eq!(
-        http.hits("/a.tar.gz"),
-        0,
-        "the plain-http target must not be contacted"
-    );
+    assert!(matches!(err.downcast_ref(), Some(FetchError::InsecureRedirect { .. })), "{text}");
+    assert!(text.contains(&https.url("/down")) && text.contains(&http.url("/a.tar.gz")), "{text}");
+    assert_eq!(http.hits("/a.tar.gz"), 0, "the plain-http target must not be contacted");
 }
 
 #[test]
@@ -388,11 +268,7 @@ fn a_mirror_with_a_path_prefix_serves_the_upstream_layout() {
     let mut options = FetchOptions::new(cache.path());
     options.mirror = Some(Url::parse(&server.url("/github/")).unwrap());
     let f = Fetcher::new(options).unwrap();
-    let a = Artifact {
-        name: name.into(),
-        url: format!("https://github.com/{rel}"),
-        sha256: sha(&body),
-    };
+    let a = Artifact { name: name.into(), url: format!("https://github.com/{rel}"), sha256: sha(&body) };
     assert_eq!(fs::read(f.fetch(&a).unwrap().path).unwrap(), body);
     assert_eq!(server.hits(&format!("/github/{rel}")), 1);
     assert_eq!(server.total_hits(), 1);
@@ -418,10 +294,7 @@ fn two_builds_sharing_a_cache_download_once() {
                 })
             })
             .collect();
-        workers
-            .into_iter()
-            .map(|w| w.join().unwrap().unwrap())
-            .collect()
+        workers.into_iter().map(|w| w.join().unwrap().unwrap()).collect()
     });
     assert_eq!(results[0], results[1]);
     assert_eq!(server.hits("/big.tar.gz"), 1);
@@ -442,10 +315,7 @@ fn raise_sighup_after(delay: Duration) {
 fn an_interrupted_download_leaves_nothing() {
     let _turn = SIGNAL_TESTS.lock().unwrap_or_else(|e| e.into_inner());
     let server = TestServer::start();
-    let slow = Route::Endless {
-        chunk: vec![7; 16 * 1024],
-        interval: Duration::from_millis(10),
-    };
+    let slow = Route::Endless { chunk: vec![7; 16 * 1024], interval: Duration::from_millis(10) };
     server.route("/slow", slow);
     let cache = tempfile::tempdir().unwrap();
     let mut options = FetchOptions::new(cache.path());
@@ -482,10 +352,7 @@ fn waiting_for_the_cache_lock_can_be_interrupted() {
     let a = artifact(&server.url("/a"), b"a");
 
     // Another build holds this digest's lock and does not let go.
-    let lock_path = cache
-        .path()
-        .join("locks")
-        .join(format!("{}.lock", a.sha256));
+    let lock_path = cache.path().join("locks").join(format!("{}.lock", a.sha256));
     let held = fs::File::create(&lock_path).unwrap();
     held.lock().unwrap();
 
@@ -510,29 +377,17 @@ fn local_files_are_verified_and_copied_into_the_cache() {
     let got = f.fetch_local(&image, &sha(&body)).unwrap();
     assert_eq!(got.path, cache.join("sha256").join(sha(&body).to_string()));
     fs::write(&image, b"changed after the check").unwrap();
-    assert_eq!(
-        fs::read(&got.path).unwrap(),
-        body,
-        "the cached copy is what was verified"
-    );
+    assert_eq!(fs::read(&got.path).unwrap(), body, "the cached copy is what was verified");
 
     let other = dir.path().join("other.tar");
     fs::write(&other, b"not it").unwrap();
     let err = f.fetch_local(&other, &sha(b"wanted")).unwrap_err();
     let text = err.to_string();
-    assert!(
-        matches!(
-            err.downcast_ref(),
-            Some(FetchError::ChecksumMismatch { .. })
-        ),
-        "{text}"
-    );
+    assert!(matches!(err.downcast_ref(), Some(FetchError::ChecksumMismatch { .. })), "{text}");
     assert!(text.contains(&other.display().to_string()), "{text}");
     assert!(files_in(&cache.join("tmp")).is_empty());
 
-    let missing = f
-        .fetch_local(&dir.path().join("nope.tar"), &sha(b"x"))
-        .unwrap_err();
+    let missing = f.fetch_local(&dir.path().join("nope.tar"), &sha(b"x")).unwrap_err();
     assert!(missing.to_string().contains("nope.tar"), "{missing:#}");
 }
 
@@ -551,12 +406,7 @@ fn proxy_environment_is_honoured() {
 
     let run = |url: &str, no_proxy: &str| {
         let out = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "proxy_probe_child",
-                "--nocapture",
-                "--test-threads=1",
-            ])
+            .args(["--exact", "proxy_probe_child", "--nocapture", "--test-threads=1"])
             .env_remove("http_proxy")
             .env_remove("https_proxy")
             .env_remove("no_proxy")
@@ -569,30 +419,21 @@ fn proxy_environment_is_honoured() {
             .env("NODEFORGE_PROBE_CACHE", cache.path())
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "child: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+        assert!(out.status.success(), "child: {}", String::from_utf8_lossy(&out.stdout));
     };
 
     // A host that cannot resolve: only the proxy can have answered.
     run("http://nodeforge-proxy-probe.invalid/via-proxy.bin", "");
     let lines = proxy.request_lines();
     assert!(
-        lines
-            .iter()
-            .any(|l| l.starts_with("GET http://nodeforge-proxy-probe.invalid/via-proxy.bin ")),
+        lines.iter().any(|l| l.starts_with("GET http://nodeforge-proxy-probe.invalid/via-proxy.bin ")),
         "{lines:?}"
     );
 
     // NO_PROXY sends 127.0.0.1 straight to the origin.
     fs::remove_dir_all(cache.path().join("sha256")).unwrap();
     run(&origin.url("/direct.bin"), "127.0.0.1");
-    assert_eq!(
-        (origin.hits("/direct.bin"), proxy.hits("/direct.bin")),
-        (1, 0)
-    );
+    assert_eq!((origin.hits("/direct.bin"), proxy.hits("/direct.bin")), (1, 0));
 }
 
 /// Does nothing unless started by `proxy_environment_is_honoured`.
@@ -601,16 +442,9 @@ fn proxy_probe_child() {
     let Ok(url) = std::env::var("NODEFORGE_PROBE_URL") else {
         return;
     };
-    let sha256 = std::env::var("NODEFORGE_PROBE_SHA256")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let sha256 = std::env::var("NODEFORGE_PROBE_SHA256").unwrap().parse().unwrap();
     let cache = std::env::var("NODEFORGE_PROBE_CACHE").unwrap();
-    let a = Artifact {
-        name: "probe".into(),
-        url,
-        sha256,
-    };
+    let a = Artifact { name: "probe".into(), url, sha256 };
     if let Err(e) = fetcher(Path::new(&cache)).fetch(&a) {
         panic!("fetch through the environment's proxy settings failed: {e:#}");
     }

@@ -54,40 +54,17 @@ fn tool(name: &str, package: &str) -> PathBuf {
 
 /// Run with a deadline; the child is killed if it overruns.
 fn run(cmd: &mut Command, limit: Duration) -> Output {
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let mut guard = KillOnDrop(child);
     let start = Instant::now();
     while guard.0.try_wait().unwrap().is_none() {
-        assert!(
-            start.elapsed() < limit,
-            "{cmd:?} took longer than {limit:?}"
-        );
+        assert!(start.elapsed() < limit, "{cmd:?} took longer than {limit:?}");
         std::thread::sleep(Duration::from_millis(20));
     }
     let (mut out, mut err) = (Vec::new(), Vec::new());
-    guard
-        .0
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_end(&mut out)
-        .unwrap();
-    guard
-        .0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_end(&mut err)
-        .unwrap();
-    Output {
-        status: guard.0.wait().unwrap(),
-        stdout: out,
-        stderr: err,
-    }
+    guard.0.stdout.take().unwrap().read_to_end(&mut out).unwrap();
+    guard.0.stderr.take().unwrap().read_to_end(&mut err).unwrap();
+    Output { status: guard.0.wait().unwrap(), stdout: out, stderr: err }
 }
 
 struct KillOnDrop(Child);
@@ -147,56 +124,20 @@ fn containerd_config_dump_reads_every_profile() {
     for path in profiles() {
         let node = render_node(&path);
         let out = run(
-            Command::new(&containerd)
-                .arg("-c")
-                .arg(node.config())
-                .args(["config", "dump"]),
+            Command::new(&containerd).arg("-c").arg(node.config()).args(["config", "dump"]),
             Duration::from_secs(10),
         );
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.success(),
-            "{}: config dump failed: {stderr}",
-            node.name
-        );
+        assert!(out.status.success(), "{}: config dump failed: {stderr}", node.name);
         let dump: toml::Table = toml::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap();
         let cri = &dump["plugins"]["io.containerd.grpc.v1.cri"];
-        assert_eq!(
-            cri["sandbox_image"].as_str(),
-            Some(node.sandbox.as_str()),
-            "{}",
-            node.name
-        );
+        assert_eq!(cri["sandbox_image"].as_str(), Some(node.sandbox.as_str()), "{}", node.name);
         let runc = &cri["containerd"]["runtimes"]["runc"];
-        assert_eq!(
-            runc["runtime_type"].as_str(),
-            Some("io.containerd.runc.v2"),
-            "{}",
-            node.name
-        );
-        assert_eq!(
-            runc["options"]["SystemdCgroup"].as_bool(),
-            Some(node.systemd_cgroup),
-            "{}",
-            node.name
-        );
-        let want_path = if node.version.at_least(1, 5, 0) {
-            "/etc/containerd/certs.d"
-        } else {
-            ""
-        };
-        assert_eq!(
-            cri["registry"]["config_path"].as_str(),
-            Some(want_path),
-            "{}",
-            node.name
-        );
-        assert_eq!(
-            dump["required_plugins"][0].as_str(),
-            Some("io.containerd.grpc.v1.cri"),
-            "{}",
-            node.name
-        );
+        assert_eq!(runc["runtime_type"].as_str(), Some("io.containerd.runc.v2"), "{}", node.name);
+        assert_eq!(runc["options"]["SystemdCgroup"].as_bool(), Some(node.systemd_cgroup), "{}", node.name);
+        let want_path = if node.version.at_least(1, 5, 0) { "/etc/containerd/certs.d" } else { "" };
+        assert_eq!(cri["registry"]["config_path"].as_str(), Some(want_path), "{}", node.name);
+        assert_eq!(dump["required_plugins"][0].as_str(), Some("io.containerd.grpc.v1.cri"), "{}", node.name);
     }
 }
 
@@ -246,10 +187,7 @@ fn start_containerd(containerd: &Path, config: &Path, dir: &Path) -> (KillOnDrop
 fn real_containerd_loads_cri_with_every_profile() {
     let containerd = tool("containerd", "containerd");
     let ctr = tool("ctr", "containerd");
-    assert!(
-        is_root(),
-        "starting a real containerd needs root (its snapshotters mount); run the tests as root"
-    );
+    assert!(is_root(), "starting a real containerd needs root (its snapshotters mount); run the tests as root");
     for path in profiles() {
         let node = render_node(&path);
         let dir = tempfile::tempdir().unwrap();
@@ -258,50 +196,21 @@ fn real_containerd_loads_cri_with_every_profile() {
         while !socket.exists() {
             let exited = daemon.0.try_wait().unwrap();
             let log = || fs::read_to_string(dir.path().join("containerd.log")).unwrap_or_default();
-            assert!(
-                exited.is_none(),
-                "{}: containerd exited ({exited:?}):\n{}",
-                node.name,
-                log()
-            );
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "{}: no socket after 10 s:\n{}",
-                node.name,
-                log()
-            );
+            assert!(exited.is_none(), "{}: containerd exited ({exited:?}):\n{}", node.name, log());
+            assert!(start.elapsed() < Duration::from_secs(10), "{}: no socket after 10 s:\n{}", node.name, log());
             std::thread::sleep(Duration::from_millis(20));
         }
-        let out = run(
-            Command::new(&ctr)
-                .arg("--address")
-                .arg(&socket)
-                .args(["plugins", "ls"]),
-            Duration::from_secs(10),
-        );
+        let out =
+            run(Command::new(&ctr).arg("--address").arg(&socket).args(["plugins", "ls"]), Duration::from_secs(10));
         let table = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{}: ctr plugins ls: {}",
-            node.name,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{}: ctr plugins ls: {}", node.name, String::from_utf8_lossy(&out.stderr));
         let cri: Vec<&str> = table
             .lines()
-            .find(|l| {
-                l.split_whitespace()
-                    .take(2)
-                    .eq(["io.containerd.grpc.v1", "cri"])
-            })
+            .find(|l| l.split_whitespace().take(2).eq(["io.containerd.grpc.v1", "cri"]))
             .unwrap_or_else(|| panic!("{}: no CRI plugin listed:\n{table}", node.name))
             .split_whitespace()
             .collect();
-        assert_eq!(
-            cri.last(),
-            Some(&"ok"),
-            "{}: CRI plugin not ok:\n{table}",
-            node.name
-        );
+        assert_eq!(cri.last(), Some(&"ok"), "{}: CRI plugin not ok:\n{table}", node.name);
         drop(daemon);
     }
 }
@@ -309,14 +218,8 @@ fn real_containerd_loads_cri_with_every_profile() {
 #[test]
 fn broken_cri_section_stops_containerd() {
     let containerd = tool("containerd", "containerd");
-    assert!(
-        is_root(),
-        "starting a real containerd needs root; run the tests as root"
-    );
-    let standin = profiles()
-        .into_iter()
-        .find(|p| p.ends_with("standin.toml"))
-        .unwrap();
+    assert!(is_root(), "starting a real containerd needs root; run the tests as root");
+    let standin = profiles().into_iter().find(|p| p.ends_with("standin.toml")).unwrap();
     let node = render_node(&standin);
     // The deprecated mirrors table next to config_path: valid TOML that `config dump`
     // accepts, but CRI's validation refuses it, and required_plugins makes that fatal.
@@ -331,18 +234,12 @@ fn broken_cri_section_stops_containerd() {
         if let Some(s) = daemon.0.try_wait().unwrap() {
             break s;
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "containerd kept running without CRI"
-        );
+        assert!(start.elapsed() < Duration::from_secs(10), "containerd kept running without CRI");
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(!status.success());
     let log = fs::read_to_string(dir.path().join("containerd.log")).unwrap();
-    assert!(
-        log.contains("cannot be set when `config_path` is provided"),
-        "{log}"
-    );
+    assert!(log.contains("cannot be set when `config_path` is provided"), "{log}");
 }
 
 /// A stand-in for the kubelet package's base unit (kubernetes/release kubelet.service).
@@ -384,39 +281,19 @@ fn systemd_analyze_verifies_units() {
         .into_iter()
         .map(Path::new)
         .find(|p| p.join("sysinit.target").exists())
-        .expect(
-            "no systemd unit directory with sysinit.target: install the Debian package `systemd`",
-        );
+        .expect("no systemd unit directory with sysinit.target: install the Debian package `systemd`");
     for path in profiles() {
         let node = render_node(&path);
         let root = node.root.path();
         let units = root.join("usr/lib/systemd/system");
         fs::create_dir_all(units.join("kubelet.service.d")).unwrap();
-        let cp = run(
-            Command::new("cp")
-                .arg("-a")
-                .arg(host_units.join("."))
-                .arg(&units),
-            Duration::from_secs(10),
-        );
-        assert!(
-            cp.status.success(),
-            "{}",
-            String::from_utf8_lossy(&cp.stderr)
-        );
+        let cp = run(Command::new("cp").arg("-a").arg(host_units.join(".")).arg(&units), Duration::from_secs(10));
+        assert!(cp.status.success(), "{}", String::from_utf8_lossy(&cp.stderr));
         fs::write(units.join("kubelet.service"), KUBELET_SERVICE).unwrap();
-        fs::write(
-            units.join("kubelet.service.d/10-kubeadm.conf"),
-            KUBEADM_DROPIN,
-        )
-        .unwrap();
-        for stub in [
-            "usr/local/bin/containerd",
-            "usr/local/bin/ctr",
-            "usr/bin/kubelet",
-            "usr/bin/touch",
-            "sbin/modprobe",
-        ] {
+        fs::write(units.join("kubelet.service.d/10-kubeadm.conf"), KUBEADM_DROPIN).unwrap();
+        for stub in
+            ["usr/local/bin/containerd", "usr/local/bin/ctr", "usr/bin/kubelet", "usr/bin/touch", "sbin/modprobe"]
+        {
             let p = root.join(stub);
             fs::create_dir_all(p.parent().unwrap()).unwrap();
             fs::write(&p, "#!/bin/sh\nexit 0\n").unwrap();
@@ -427,11 +304,7 @@ fn systemd_analyze_verifies_units() {
             ours.push("nodeforge-preload-images.service");
         }
         let out = run(
-            Command::new(&analyze)
-                .arg("verify")
-                .arg(format!("--root={}", root.display()))
-                .arg("--man=no")
-                .args(&ours),
+            Command::new(&analyze).arg("verify").arg(format!("--root={}", root.display())).arg("--man=no").args(&ours),
             Duration::from_secs(15),
         );
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -440,15 +313,9 @@ fn systemd_analyze_verifies_units() {
         let about_ours: Vec<&str> = stderr
             .lines()
             .filter(|l| {
-                ours.iter().any(|u| l.contains(u))
-                    || l.contains("nodeforge")
-                    || l.contains(&*root.to_string_lossy())
+                ours.iter().any(|u| l.contains(u)) || l.contains("nodeforge") || l.contains(&*root.to_string_lossy())
             })
             .collect();
-        assert!(
-            out.status.success() && about_ours.is_empty(),
-            "{}: systemd-analyze verify:\n{stderr}",
-            node.name
-        );
+        assert!(out.status.success() && about_ours.is_empty(), "{}: systemd-analyze verify:\n{stderr}", node.name);
     }
 }

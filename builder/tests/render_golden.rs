@@ -22,10 +22,7 @@ fn manifest_dir() -> PathBuf {
 /// Every `*.toml` in the two profile directories, sorted.
 pub fn all_profiles() -> Vec<PathBuf> {
     let mut out = Vec::new();
-    for dir in [
-        manifest_dir().join("../profiles"),
-        manifest_dir().join("tests/profiles"),
-    ] {
+    for dir in [manifest_dir().join("../profiles"), manifest_dir().join("tests/profiles")] {
         for e in fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
             let p = e.unwrap().path();
             if p.extension().is_some_and(|x| x == "toml") {
@@ -82,8 +79,7 @@ fn rendered_files_match_goldens() {
     let mut names = Vec::new();
     for path in all_profiles() {
         let loaded = LoadedProfile::load(&path).unwrap();
-        let rendered =
-            render::render(&loaded).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+        let rendered = render::render(&loaded).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
         let name = loaded.profile.name.clone();
         assert!(!names.contains(&name), "two profiles are named `{name}`");
         names.push(name.clone());
@@ -140,9 +136,6 @@ fn rendered_files_match_goldens() {
 fn rendering_is_deterministic() {
     for path in all_profiles() {
         let loaded = LoadedProfile::load(&path).unwrap();
-        assert_eq!(
-            render::render(&loaded).unwrap(),
-            render::render(&loaded).unwrap()
-        );
+        assert_eq!(render::render(&loaded).unwrap(), render::render(&loaded).unwrap());
     }
 }

@@ -22,12 +22,7 @@ const MTIME: u64 = 1_700_000_000;
 
 /// Run `program`, failing with the package to install if it is missing.
 fn run(program: &str, package: &str, args: &[&str], dir: &Path) -> Output {
-    match Command::new(program)
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-    {
+    match Command::new(program).args(args).current_dir(dir).stdin(Stdio::null()).output() {
         Ok(out) => out,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             panic!("`{program}` is not installed: apt-get install {package}")
@@ -38,32 +33,20 @@ fn run(program: &str, package: &str, args: &[&str], dir: &Path) -> Output {
 
 /// Run a shell pipeline; every program in it must have been checked with `need` first.
 fn sh(script: &str, dir: &Path) -> Output {
-    Command::new("sh")
-        .args(["-euc", script])
-        .current_dir(dir)
-        .output()
-        .expect("sh runs")
+    Command::new("sh").args(["-euc", script]).current_dir(dir).output().expect("sh runs")
 }
 
 fn need(program: &str, package: &str) {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
-        .unwrap_or(false);
-    assert!(
-        found,
-        "`{program}` is not installed: apt-get install {package}"
-    );
+    let found =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file())).unwrap_or(false);
+    assert!(found, "`{program}` is not installed: apt-get install {package}");
 }
 
 /// The command succeeded and said nothing on stderr (where tar and cpio warn about an
 /// archive); returns its stdout.
 fn ok(out: &Output, what: &str) -> String {
     let stdout = succeeded(out, what);
-    assert!(
-        out.stderr.is_empty(),
-        "{what} warned:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.stderr.is_empty(), "{what} warned:\n{}", String::from_utf8_lossy(&out.stderr));
     stdout
 }
 
@@ -84,27 +67,18 @@ fn sha(bytes: &[u8]) -> Sha256Hex {
 }
 
 fn rendered() -> Origin {
-    Origin::Rendered {
-        renderer: "test".into(),
-    }
+    Origin::Rendered { renderer: "test".into() }
 }
 
 /// An overlay with every kind of entry, an on-disk file, unusual modes, a name with a space
 /// and a path too long for a plain tar header. `blob_dir` holds the on-disk content.
 fn sample_overlay(blob_dir: &Path) -> Overlay {
     let mut o = Overlay::new();
-    let blob: Vec<u8> = (0..200_000u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
+    let blob: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     let blob_path = blob_dir.join("containerd");
     fs::write(&blob_path, &blob).unwrap();
-    let on_disk = Content::OnDisk {
-        path: blob_path,
-        size: blob.len() as u64,
-        sha256: sha(&blob),
-    };
-    o.add_file("usr/local/bin/containerd", 0o755, on_disk, rendered())
-        .unwrap();
+    let on_disk = Content::OnDisk { path: blob_path, size: blob.len() as u64, sha256: sha(&blob) };
+    o.add_file("usr/local/bin/containerd", 0o755, on_disk, rendered()).unwrap();
     o.add_file(
         "etc/crictl.yaml",
         0o644,
@@ -112,47 +86,19 @@ fn sample_overlay(blob_dir: &Path) -> Overlay {
         rendered(),
     )
     .unwrap();
-    o.add_file(
-        "etc/kubernetes/secret",
-        0o600,
-        Content::Inline(b"token\n".to_vec()),
-        rendered(),
-    )
-    .unwrap();
+    o.add_file("etc/kubernetes/secret", 0o600, Content::Inline(b"token\n".to_vec()), rendered()).unwrap();
     o.add_dir("etc/kubernetes", 0o700, rendered()).unwrap();
-    o.add_file(
-        "usr/local/sbin/runc",
-        0o4755,
-        Content::Inline(b"#!/bin/sh\n".to_vec()),
-        rendered(),
-    )
-    .unwrap();
-    o.add_file(
-        "etc/empty file",
-        0o644,
-        Content::Inline(Vec::new()),
-        rendered(),
-    )
-    .unwrap();
-    o.add_symlink("usr/local/bin/k", "/usr/bin/kubectl", rendered())
-        .unwrap();
-    o.add_symlink("usr/local/bin/ctr-link", "containerd", rendered())
-        .unwrap();
+    o.add_file("usr/local/sbin/runc", 0o4755, Content::Inline(b"#!/bin/sh\n".to_vec()), rendered()).unwrap();
+    o.add_file("etc/empty file", 0o644, Content::Inline(Vec::new()), rendered()).unwrap();
+    o.add_symlink("usr/local/bin/k", "/usr/bin/kubectl", rendered()).unwrap();
+    o.add_symlink("usr/local/bin/ctr-link", "containerd", rendered()).unwrap();
     let long = format!("opt/cni/{}/plugin", "long-directory-name".repeat(6));
-    o.add_file(
-        &long,
-        0o755,
-        Content::Inline(b"plugin".to_vec()),
-        rendered(),
-    )
-    .unwrap();
+    o.add_file(&long, 0o755, Content::Inline(b"plugin".to_vec()), rendered()).unwrap();
     o
 }
 
 fn content_of(entry: &EntryKind) -> Vec<u8> {
-    let EntryKind::File(c) = entry else {
-        panic!("not a file")
-    };
+    let EntryKind::File(c) = entry else { panic!("not a file") };
     let mut out = Vec::new();
     std::io::copy(&mut c.open().unwrap(), &mut out).unwrap();
     out
@@ -220,12 +166,7 @@ fn assert_tree_matches(root: &Path, o: &Overlay, dir_mtimes: bool) {
         }
     }
     let count = walk(root);
-    assert_eq!(
-        count,
-        o.len(),
-        "extra or missing entries under {}",
-        root.display()
-    );
+    assert_eq!(count, o.len(), "extra or missing entries under {}", root.display());
 }
 
 fn walk(dir: &Path) -> usize {
@@ -233,11 +174,7 @@ fn walk(dir: &Path) -> usize {
         .unwrap()
         .map(|e| {
             let e = e.unwrap();
-            1 + if e.file_type().unwrap().is_dir() {
-                walk(&e.path())
-            } else {
-                0
-            }
+            1 + if e.file_type().unwrap().is_dir() { walk(&e.path()) } else { 0 }
         })
         .sum()
 }
@@ -258,15 +195,8 @@ fn gnu_tar_lists_and_extracts_the_overlay() {
     assert_eq!(tar.size, fs::metadata(&tgz).unwrap().len());
     assert_eq!(tar.sha256, sha(&fs::read(&tgz).unwrap()));
 
-    let listing = ok(
-        &run(
-            "tar",
-            "tar",
-            &["--utc", "--full-time", "-tvzf", tgz.to_str().unwrap()],
-            tmp.path(),
-        ),
-        "tar -tv",
-    );
+    let listing =
+        ok(&run("tar", "tar", &["--utc", "--full-time", "-tvzf", tgz.to_str().unwrap()], tmp.path()), "tar -tv");
     let got: Vec<(String, u64, String)> = listing
         .lines()
         .map(|l| {
@@ -280,15 +210,7 @@ fn gnu_tar_lists_and_extracts_the_overlay() {
 
     let root = tmp.path().join("root");
     fs::create_dir(&root).unwrap();
-    ok(
-        &run(
-            "tar",
-            "tar",
-            &["-C", root.to_str().unwrap(), "-xzf", tgz.to_str().unwrap()],
-            tmp.path(),
-        ),
-        "tar -x",
-    );
+    ok(&run("tar", "tar", &["-C", root.to_str().unwrap(), "-xzf", tgz.to_str().unwrap()], tmp.path()), "tar -x");
     assert_tree_matches(&root, &o, true);
 }
 
@@ -301,16 +223,8 @@ fn gnu_cpio_lists_and_extracts_the_overlay() {
     let cgz = tmp.path().join(CPIO_GZ_NAME);
     archive::write_cpio_gz(&o, &cgz, MTIME, &Interrupt::default()).unwrap();
 
-    let listing = ok(
-        &sh(
-            &format!(
-                "zcat '{}' | TZ=UTC LC_ALL=C cpio -itv --quiet",
-                cgz.display()
-            ),
-            tmp.path(),
-        ),
-        "cpio -itv",
-    );
+    let listing =
+        ok(&sh(&format!("zcat '{}' | TZ=UTC LC_ALL=C cpio -itv --quiet", cgz.display()), tmp.path()), "cpio -itv");
     let got: Vec<(String, u64, String)> = listing
         .lines()
         .map(|l| {
@@ -334,16 +248,7 @@ fn gnu_cpio_lists_and_extracts_the_overlay() {
 
     let root = tmp.path().join("root");
     fs::create_dir(&root).unwrap();
-    ok(
-        &sh(
-            &format!(
-                "zcat '{}' | cpio -idm --quiet --no-absolute-filenames",
-                cgz.display()
-            ),
-            &root,
-        ),
-        "cpio -idm",
-    );
+    ok(&sh(&format!("zcat '{}' | cpio -idm --quiet --no-absolute-filenames", cgz.display()), &root), "cpio -idm");
     assert_tree_matches(&root, &o, false);
 }
 
@@ -361,20 +266,14 @@ fn cpio_appended_to_an_initramfs_still_extracts() {
     fs::write(base.join("init"), b"#!/bin/sh\n").unwrap();
     fs::write(base.join("etc/base.conf"), b"base\n").unwrap();
     ok(
-        &sh(
-            "find . | LC_ALL=C sort | cpio -o -H newc --quiet | gzip -n > ../initrd.img",
-            &base,
-        ),
+        &sh("find . | LC_ALL=C sort | cpio -o -H newc --quiet | gzip -n > ../initrd.img", &base),
         "building the base initramfs",
     );
     let cgz = tmp.path().join(CPIO_GZ_NAME);
     archive::write_cpio_gz(&o, &cgz, MTIME, &Interrupt::default()).unwrap();
     ok(
         &sh(
-            &format!(
-                "cat '{}' >> initrd.img && gzip -t initrd.img && zcat initrd.img > stream",
-                cgz.display()
-            ),
+            &format!("cat '{}' >> initrd.img && gzip -t initrd.img && zcat initrd.img > stream", cgz.display()),
             tmp.path(),
         ),
         "appending",
@@ -384,35 +283,17 @@ fn cpio_appended_to_an_initramfs_still_extracts() {
     fs::create_dir(&root).unwrap();
     // GNU cpio stops at the first trailer and reports how many 512-byte blocks it read; GNU
     // cpio pads its archives to that block size, so ours starts right there.
-    let first = ok(
-        &sh("cpio -idm --no-absolute-filenames < ../stream 2>&1", &root),
-        "extracting the base",
-    );
-    let blocks: u64 = first
-        .split_whitespace()
-        .next()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("cpio said {first:?}"));
+    let first = ok(&sh("cpio -idm --no-absolute-filenames < ../stream 2>&1", &root), "extracting the base");
+    let blocks: u64 =
+        first.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("cpio said {first:?}"));
     ok(
-        &sh(
-            &format!(
-                "tail -c +{} ../stream | cpio -idm --quiet --no-absolute-filenames",
-                blocks * 512 + 1
-            ),
-            &root,
-        ),
+        &sh(&format!("tail -c +{} ../stream | cpio -idm --quiet --no-absolute-filenames", blocks * 512 + 1), &root),
         "extracting the overlay",
     );
     assert_eq!(fs::read(root.join("etc/base.conf")).unwrap(), b"base\n");
     assert_eq!(fs::read(root.join("init")).unwrap(), b"#!/bin/sh\n");
-    assert_eq!(
-        fs::read(root.join("etc/crictl.yaml")).unwrap(),
-        content_of(&o.get("etc/crictl.yaml").unwrap().kind)
-    );
-    assert_eq!(
-        fs::read_link(root.join("usr/local/bin/k")).unwrap(),
-        PathBuf::from("/usr/bin/kubectl")
-    );
+    assert_eq!(fs::read(root.join("etc/crictl.yaml")).unwrap(), content_of(&o.get("etc/crictl.yaml").unwrap().kind));
+    assert_eq!(fs::read_link(root.join("usr/local/bin/k")).unwrap(), PathBuf::from("/usr/bin/kubectl"));
 }
 
 #[test]
@@ -428,21 +309,15 @@ fn archives_are_reproducible_and_mtime_changes_them() {
     let c = write_both(&o, &dirs[2], MTIME + 1);
     assert_eq!(a, b);
     for name in [TAR_GZ_NAME, CPIO_GZ_NAME] {
-        assert_eq!(
-            fs::read(dirs[0].join(name)).unwrap(),
-            fs::read(dirs[1].join(name)).unwrap(),
-            "{name}"
-        );
+        assert_eq!(fs::read(dirs[0].join(name)).unwrap(), fs::read(dirs[1].join(name)).unwrap(), "{name}");
     }
     assert_ne!(a[0].sha256, c[0].sha256);
     assert_ne!(a[1].sha256, c[1].sha256);
 }
 
 fn only_entries(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
+    let mut names: Vec<String> =
+        fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     names.sort();
     names
 }
@@ -459,23 +334,14 @@ fn a_failure_mid_write_leaves_nothing_behind() {
     let o = sample_overlay(&blobs);
     fs::write(blobs.join("containerd"), b"short").unwrap();
     let err = archive::write_both(&o, &out, MTIME, &Interrupt::default()).unwrap_err();
-    assert!(
-        format!("{err:#}").contains("changed during the build"),
-        "{err:#}"
-    );
+    assert!(format!("{err:#}").contains("changed during the build"), "{err:#}");
     assert_eq!(only_entries(&out), Vec::<String>::new());
 
     // The staged content disappears.
     fs::remove_file(blobs.join("containerd")).unwrap();
-    let err = archive::write_tar_gz(&o, &out.join(TAR_GZ_NAME), MTIME, &Interrupt::default())
-        .unwrap_err();
-    assert!(
-        format!("{err:#}").contains("usr/local/bin/containerd"),
-        "{err:#}"
-    );
-    assert!(
-        archive::write_cpio_gz(&o, &out.join(CPIO_GZ_NAME), MTIME, &Interrupt::default()).is_err()
-    );
+    let err = archive::write_tar_gz(&o, &out.join(TAR_GZ_NAME), MTIME, &Interrupt::default()).unwrap_err();
+    assert!(format!("{err:#}").contains("usr/local/bin/containerd"), "{err:#}");
+    assert!(archive::write_cpio_gz(&o, &out.join(CPIO_GZ_NAME), MTIME, &Interrupt::default()).is_err());
     assert_eq!(only_entries(&out), Vec::<String>::new());
 
     // A signal.
@@ -502,14 +368,8 @@ fn profile(dir: &Path) -> LoadedProfile {
 
 fn extended_seed(p: &LoadedProfile) -> SeedFiles {
     let mut ud = UserData::for_profile(&p.profile);
-    ud.write_files
-        .push(WriteFile::secret("/etc/kubernetes/join-token", "yes\n"));
-    ud.runcmd.push(seed::Command::argv(&[
-        "systemctl",
-        "enable",
-        "--now",
-        "containerd",
-    ]));
+    ud.write_files.push(WriteFile::secret("/etc/kubernetes/join-token", "yes\n"));
+    ud.runcmd.push(seed::Command::argv(&["systemctl", "enable", "--now", "containerd"]));
     SeedFiles::new(p, &ud).unwrap()
 }
 
@@ -524,54 +384,25 @@ fn seed_image_is_a_cidata_vfat_that_mtools_and_fsck_accept() {
     let img = tmp.path().join(seed::SEED_IMAGE_NAME);
     let info = seed::write_seed_image(&files, &img).unwrap();
     assert_eq!(info.sha256, sha(&fs::read(&img).unwrap()));
-    assert_eq!(
-        fs::metadata(&img).unwrap().permissions().mode() & 0o777,
-        0o600
-    );
+    assert_eq!(fs::metadata(&img).unwrap().permissions().mode() & 0o777, 0o600);
     let img_arg = img.to_str().unwrap();
 
-    let probe = ok(
-        &run(
-            "blkid",
-            "util-linux",
-            &["-p", "-o", "export", img_arg],
-            tmp.path(),
-        ),
-        "blkid",
-    );
+    let probe = ok(&run("blkid", "util-linux", &["-p", "-o", "export", img_arg], tmp.path()), "blkid");
     assert!(probe.lines().any(|l| l == "TYPE=vfat"), "{probe}");
     assert!(probe.lines().any(|l| l == "LABEL=cidata"), "{probe}");
 
     let fsck = run("fsck.fat", "dosfstools", &["-n", img_arg], tmp.path());
     let report = ok(&fsck, "fsck.fat -n");
-    assert_eq!(
-        report.lines().count(),
-        2,
-        "fsck.fat found something:\n{report}"
-    );
+    assert_eq!(report.lines().count(), 2, "fsck.fat found something:\n{report}");
 
-    let dir = ok(
-        &run("mdir", "mtools", &["-i", img_arg, "-b", "::"], tmp.path()),
-        "mdir",
-    );
+    let dir = ok(&run("mdir", "mtools", &["-i", img_arg, "-b", "::"], tmp.path()), "mdir");
     let mut names: Vec<&str> = dir.lines().map(|l| l.trim_start_matches("::/")).collect();
     names.sort();
     assert_eq!(names, ["meta-data", "network-config", "user-data"]);
     for (name, text) in files.files() {
         let copy = tmp.path().join(format!("copy-{name}"));
         ok(
-            &run(
-                "mcopy",
-                "mtools",
-                &[
-                    "-n",
-                    "-i",
-                    img_arg,
-                    &format!("::{name}"),
-                    copy.to_str().unwrap(),
-                ],
-                tmp.path(),
-            ),
+            &run("mcopy", "mtools", &["-n", "-i", img_arg, &format!("::{name}"), copy.to_str().unwrap()], tmp.path()),
             "mcopy",
         );
         assert_eq!(fs::read(&copy).unwrap(), text.as_bytes(), "{name}");
@@ -581,10 +412,7 @@ fn seed_image_is_a_cidata_vfat_that_mtools_and_fsck_accept() {
     let again = tmp.path().join("again.img");
     assert_eq!(
         seed::write_seed_image(&extended_seed(&p), &again).unwrap(),
-        ArtifactInfo {
-            name: "again.img".into(),
-            ..info
-        }
+        ArtifactInfo { name: "again.img".into(), ..info }
     );
 }
 
@@ -598,52 +426,21 @@ fn cloud_init_accepts_the_user_data_and_reads_the_network_config() {
     let files = extended_seed(&p);
     let seed_dir = tmp.path().join("nocloud");
     files.write_dir(&seed_dir).unwrap();
-    assert_eq!(
-        fs::metadata(seed_dir.join("user-data"))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777,
-        0o600
-    );
+    assert_eq!(fs::metadata(seed_dir.join("user-data")).unwrap().permissions().mode() & 0o777, 0o600);
 
-    let out = run(
-        "cloud-init",
-        "cloud-init",
-        &["schema", "--config-file", "nocloud/user-data"],
-        tmp.path(),
-    );
+    let out = run("cloud-init", "cloud-init", &["schema", "--config-file", "nocloud/user-data"], tmp.path());
     let text = succeeded(&out, "cloud-init schema") + &String::from_utf8_lossy(&out.stderr);
-    assert!(
-        text.contains("Valid cloud-config") || text.contains("Valid schema"),
-        "no validation happened:\n{text}"
-    );
+    assert!(text.contains("Valid cloud-config") || text.contains("Valid schema"), "no validation happened:\n{text}");
 
     // cloud-init 22.4 has no schema for network-config (that came in 23.4). Instead load it
     // with PyYAML, as cloud-init does, and let cloud-init's own converter parse it and render
     // it for netplan, the renderer that understands a `match: name:` glob.
     let check = "import sys, yaml; c = yaml.safe_load(open(sys.argv[1])); \
                  assert c == {'version': 2, 'ethernets': {'ethernet': {'match': {'name': 'e*'}, 'dhcp4': True}}}, c";
-    ok(
-        &run(
-            "/usr/bin/python3",
-            "python3-yaml",
-            &["-c", check, "nocloud/network-config"],
-            tmp.path(),
-        ),
-        "PyYAML",
-    );
+    ok(&run("/usr/bin/python3", "python3-yaml", &["-c", check, "nocloud/network-config"], tmp.path()), "PyYAML");
     let meta = "import sys, yaml; c = yaml.safe_load(open(sys.argv[1])); \
                 assert c['local-hostname'] == 'worker-1' and c['instance-id'].startswith('nodeforge-'), c";
-    ok(
-        &run(
-            "/usr/bin/python3",
-            "python3-yaml",
-            &["-c", meta, "nocloud/meta-data"],
-            tmp.path(),
-        ),
-        "PyYAML",
-    );
+    ok(&run("/usr/bin/python3", "python3-yaml", &["-c", meta, "nocloud/meta-data"], tmp.path()), "PyYAML");
     succeeded(
         &run(
             "cloud-init",
@@ -666,12 +463,8 @@ fn cloud_init_accepts_the_user_data_and_reads_the_network_config() {
         ),
         "cloud-init devel net-convert",
     );
-    let netplan =
-        fs::read_to_string(tmp.path().join("net/etc/netplan/50-cloud-init.yaml")).unwrap();
-    assert!(
-        netplan.contains("name: e*") && netplan.contains("dhcp4: true"),
-        "{netplan}"
-    );
+    let netplan = fs::read_to_string(tmp.path().join("net/etc/netplan/50-cloud-init.yaml")).unwrap();
+    assert!(netplan.contains("name: e*") && netplan.contains("dhcp4: true"), "{netplan}");
 }
 
 #[test]
@@ -683,74 +476,29 @@ fn manifest_and_sha256sums_cover_the_artifacts() {
     let out = tmp.path().join("out");
     fs::create_dir(&out).unwrap();
     let mut artifacts = write_both(&o, &out, MTIME).to_vec();
-    artifacts.push(
-        seed::write_seed_image(
-            &seed::seed_files(&p).unwrap(),
-            &out.join(seed::SEED_IMAGE_NAME),
-        )
-        .unwrap(),
-    );
-    let m = Manifest::new(
-        &p,
-        manifest::sources_from_profile(&p.profile),
-        &o,
-        artifacts.clone(),
-        MTIME,
-    );
+    artifacts.push(seed::write_seed_image(&seed::seed_files(&p).unwrap(), &out.join(seed::SEED_IMAGE_NAME)).unwrap());
+    let m = Manifest::new(&p, manifest::sources_from_profile(&p.profile), &o, artifacts.clone(), MTIME);
     artifacts.push(m.write(&out).unwrap());
     manifest::write_sha256sums(&out, &artifacts).unwrap();
 
-    let check = ok(
-        &run(
-            "sha256sum",
-            "coreutils",
-            &["-c", "--strict", manifest::SHA256SUMS_NAME],
-            &out,
-        ),
-        "sha256sum -c",
-    );
-    assert_eq!(
-        check.lines().filter(|l| l.ends_with(": OK")).count(),
-        4,
-        "{check}"
-    );
+    let check =
+        ok(&run("sha256sum", "coreutils", &["-c", "--strict", manifest::SHA256SUMS_NAME], &out), "sha256sum -c");
+    assert_eq!(check.lines().filter(|l| l.ends_with(": OK")).count(), 4, "{check}");
 
     let json: serde_json::Value =
         serde_json::from_slice(&fs::read(out.join(manifest::MANIFEST_NAME)).unwrap()).unwrap();
     assert_eq!(json["entries"].as_array().unwrap().len(), o.len());
-    let blob = json["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["path"] == "/usr/local/bin/containerd")
-        .unwrap();
+    let blob = json["entries"].as_array().unwrap().iter().find(|e| e["path"] == "/usr/local/bin/containerd").unwrap();
     assert_eq!(
         blob["sha256"].as_str().unwrap(),
-        o.get("usr/local/bin/containerd")
-            .map(|e| sha(&content_of(&e.kind)))
-            .unwrap()
-            .to_string()
+        o.get("usr/local/bin/containerd").map(|e| sha(&content_of(&e.kind))).unwrap().to_string()
     );
     assert_eq!(blob["mode"], "0755");
-    let names: Vec<&str> = json["artifacts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["name"].as_str().unwrap())
-        .collect();
+    let names: Vec<&str> = json["artifacts"].as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap()).collect();
     assert_eq!(names, [CPIO_GZ_NAME, TAR_GZ_NAME, seed::SEED_IMAGE_NAME]);
     // Same inputs, same manifest bytes.
-    let again = Manifest::new(
-        &p,
-        manifest::sources_from_profile(&p.profile),
-        &o,
-        artifacts[..3].to_vec(),
-        MTIME,
-    );
-    assert_eq!(
-        again.to_json().unwrap(),
-        fs::read(out.join(manifest::MANIFEST_NAME)).unwrap()
-    );
+    let again = Manifest::new(&p, manifest::sources_from_profile(&p.profile), &o, artifacts[..3].to_vec(), MTIME);
+    assert_eq!(again.to_json().unwrap(), fs::read(out.join(manifest::MANIFEST_NAME)).unwrap());
 }
 
 /// `cargo test --release -p nodeforge --test writers -- --ignored --nocapture`: time
@@ -762,10 +510,7 @@ fn write_both_throughput() {
     let src = PathBuf::from(std::env::var_os("NODEFORGE_BENCH_DIR").unwrap_or("/usr/bin".into()));
     let mut o = Overlay::new();
     let mut total = 0u64;
-    let mut paths: Vec<PathBuf> = fs::read_dir(&src)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let mut paths: Vec<PathBuf> = fs::read_dir(&src).unwrap().map(|e| e.unwrap().path()).collect();
     paths.sort();
     for path in paths {
         let meta = fs::symlink_metadata(&path).unwrap();
@@ -773,15 +518,8 @@ fn write_both_throughput() {
             continue;
         }
         let Ok(bytes) = fs::read(&path) else { continue };
-        let name = format!(
-            "usr/local/bin/{}",
-            path.file_name().unwrap().to_string_lossy()
-        );
-        let content = Content::OnDisk {
-            path,
-            size: bytes.len() as u64,
-            sha256: sha(&bytes),
-        };
+        let name = format!("usr/local/bin/{}", path.file_name().unwrap().to_string_lossy());
+        let content = Content::OnDisk { path, size: bytes.len() as u64, sha256: sha(&bytes) };
         if o.add_file(&name, 0o755, content, rendered()).is_ok() {
             total += bytes.len() as u64;
         }
@@ -791,13 +529,7 @@ fn write_both_throughput() {
     let [tar, cpio] = write_both(&o, out.path(), MTIME);
     let secs = start.elapsed().as_secs_f64();
     let start = std::time::Instant::now();
-    archive::write_tar_gz(
-        &o,
-        &out.path().join("alone.tar.gz"),
-        MTIME,
-        &Interrupt::default(),
-    )
-    .unwrap();
+    archive::write_tar_gz(&o, &out.path().join("alone.tar.gz"), MTIME, &Interrupt::default()).unwrap();
     let tar_alone = start.elapsed().as_secs_f64();
     println!(
         "write_both: {} entries, {:.1} MB in {secs:.2} s = {:.0} MB/s of input (tar.gz alone: {tar_alone:.2} s); \

@@ -30,14 +30,9 @@ pub(super) struct Cache {
 
 impl Cache {
     pub(super) fn open(root: &Path) -> Result<Self> {
-        let cache = Self {
-            entries: root.join("sha256"),
-            tmp: root.join("tmp"),
-            locks: root.join("locks"),
-        };
+        let cache = Self { entries: root.join("sha256"), tmp: root.join("tmp"), locks: root.join("locks") };
         for dir in [&cache.entries, &cache.tmp, &cache.locks] {
-            fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create the cache directory {}", dir.display()))?;
+            fs::create_dir_all(dir).with_context(|| format!("cannot create the cache directory {}", dir.display()))?;
         }
         cache.sweep_stale_temps();
         Ok(cache)
@@ -47,11 +42,7 @@ impl Cache {
     /// Everything that reads or writes that digest's entry goes through the returned guard,
     /// so two builds sharing the cache download a file once and never see half of it.
     /// Polls rather than blocks so that Ctrl-C still works while another build holds it.
-    pub(super) fn lock(
-        &self,
-        digest: &Sha256Hex,
-        interrupt: &Interrupt,
-    ) -> Result<LockedEntry<'_>> {
+    pub(super) fn lock(&self, digest: &Sha256Hex, interrupt: &Interrupt) -> Result<LockedEntry<'_>> {
         let path = self.locks.join(format!("{digest}.lock"));
         // Lock files are never deleted: removing one while another process waits on it
         // would let a third process lock a fresh file and run alongside the second.
@@ -80,11 +71,7 @@ impl Cache {
                 }
             }
         }
-        Ok(LockedEntry {
-            cache: self,
-            digest: *digest,
-            _lock: file,
-        })
+        Ok(LockedEntry { cache: self, digest: *digest, _lock: file })
     }
 
     /// Best effort: a temp file that cannot be removed now is retried next time.
@@ -131,33 +118,23 @@ impl LockedEntry<'_> {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => {
-                return Err(e)
-                    .with_context(|| format!("cannot open the cached {}", path.display()));
+                return Err(e).with_context(|| format!("cannot open the cached {}", path.display()));
             }
         };
         let mut reader = HashingReader::new(file);
         copy_interruptibly(interrupt, &mut reader, &mut io::sink()).map_err(|e| {
-            if e.is::<Interrupted>() {
-                e
-            } else {
-                e.context(format!("cannot read the cached {}", path.display()))
-            }
+            if e.is::<Interrupted>() { e } else { e.context(format!("cannot read the cached {}", path.display())) }
         })?;
         let (actual, size) = reader.finish();
         if actual == self.digest {
-            return Ok(Some(CachedFile {
-                path,
-                sha256: actual,
-                size,
-            }));
+            return Ok(Some(CachedFile { path, sha256: actual, size }));
         }
         tracing::warn!(
             path = %path.display(),
             actual = %actual,
             "cached file does not match its digest; deleting it and fetching it again"
         );
-        fs::remove_file(&path)
-            .with_context(|| format!("cannot remove the corrupt cache entry {}", path.display()))?;
+        fs::remove_file(&path).with_context(|| format!("cannot remove the corrupt cache entry {}", path.display()))?;
         Ok(None)
     }
 
@@ -174,8 +151,7 @@ impl LockedEntry<'_> {
     pub(super) fn commit(self, temp: NamedTempFile, size: u64) -> Result<CachedFile> {
         let path = self.path();
         let file = temp.as_file();
-        file.sync_all()
-            .with_context(|| format!("flushing {}", temp.path().display()))?;
+        file.sync_all().with_context(|| format!("flushing {}", temp.path().display()))?;
         // Read-only, as a reminder that entries are never edited in place.
         file.set_permissions(fs::Permissions::from_mode(0o444))
             .with_context(|| format!("setting the mode of {}", temp.path().display()))?;
@@ -186,10 +162,6 @@ impl LockedEntry<'_> {
         if let Err(e) = File::open(&self.cache.entries).and_then(|d| d.sync_all()) {
             tracing::debug!("cannot fsync {}: {e}", self.cache.entries.display());
         }
-        Ok(CachedFile {
-            path,
-            sha256: self.digest,
-            size,
-        })
+        Ok(CachedFile { path, sha256: self.digest, size })
     }
 }

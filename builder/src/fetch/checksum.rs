@@ -25,8 +25,8 @@ pub fn parse_checksum_file(text: &str, file_name: &str) -> Result<Sha256Hex> {
             continue;
         }
         lines += 1;
-        let (digest, name) = parse_line(line)
-            .map_err(|why| anyhow::anyhow!("checksum file line {}: {why}: `{line}`", i + 1))?;
+        let (digest, name) =
+            parse_line(line).map_err(|why| anyhow::anyhow!("checksum file line {}: {why}: `{line}`", i + 1))?;
         let Some(name) = name else {
             bare.push(digest);
             continue;
@@ -56,10 +56,7 @@ pub fn parse_checksum_file(text: &str, file_name: &str) -> Result<Sha256Hex> {
     if names.is_empty() {
         bail!("the checksum file has no line for `{file_name}`");
     }
-    bail!(
-        "the checksum file has no line for `{file_name}`; it lists: {}",
-        names.join(", ")
-    )
+    bail!("the checksum file has no line for `{file_name}`; it lists: {}", names.join(", "))
 }
 
 /// One non-empty line: its digest, and the file name it is for (none for a bare digest).
@@ -119,10 +116,7 @@ mod tests {
 
     #[test]
     fn bare_digest_like_crictl() {
-        assert_eq!(
-            parse(&format!("{A}\n"), "crictl-v1.30.0-linux-amd64.tar.gz").unwrap(),
-            A
-        );
+        assert_eq!(parse(&format!("{A}\n"), "crictl-v1.30.0-linux-amd64.tar.gz").unwrap(), A);
         assert_eq!(parse(A, "anything").unwrap(), A);
     }
 
@@ -139,9 +133,7 @@ mod tests {
 
     #[test]
     fn missing_name_lists_what_is_there() {
-        let err = parse(&format!("{B}  other.tar.gz\n"), NAME)
-            .unwrap_err()
-            .to_string();
+        let err = parse(&format!("{B}  other.tar.gz\n"), NAME).unwrap_err().to_string();
         assert!(err.contains(NAME) && err.contains("other.tar.gz"), "{err}");
     }
 
@@ -153,22 +145,11 @@ mod tests {
     #[test]
     fn refuses_conflicting_duplicates_and_garbage() {
         assert!(parse(&format!("{A}  {NAME}\n{B}  {NAME}\n"), NAME).is_err());
-        assert_eq!(
-            parse(&format!("{A}  {NAME}\n{A}  {NAME}\n"), NAME).unwrap(),
-            A
-        );
-        let err = parse("<html>Not Found</html>", NAME)
-            .unwrap_err()
-            .to_string();
+        assert_eq!(parse(&format!("{A}  {NAME}\n{A}  {NAME}\n"), NAME).unwrap(), A);
+        let err = parse("<html>Not Found</html>", NAME).unwrap_err().to_string();
         assert!(err.contains("line 1"), "{err}");
         assert!(parse("", NAME).unwrap_err().to_string().contains("empty"));
-        assert!(
-            parse(&format!("{A}\n{B}\n"), NAME).is_err(),
-            "two bare digests are ambiguous"
-        );
-        assert!(
-            parse(&format!("{A}  \n"), NAME).is_ok(),
-            "trailing spaces trim to a bare digest"
-        );
+        assert!(parse(&format!("{A}\n{B}\n"), NAME).is_err(), "two bare digests are ambiguous");
+        assert!(parse(&format!("{A}  \n"), NAME).is_ok(), "trailing spaces trim to a bare digest");
     }
 }

@@ -24,8 +24,7 @@ pub(super) fn client(options: &FetchOptions) -> Result<reqwest::blocking::Client
         .timeout(options.stall_timeout)
         .redirect(reqwest::redirect::Policy::custom(redirect_rule));
     if let Some(path) = &options.ca_cert {
-        let pem = std::fs::read(path)
-            .with_context(|| format!("cannot read the CA certificate {}", path.display()))?;
+        let pem = std::fs::read(path).with_context(|| format!("cannot read the CA certificate {}", path.display()))?;
         let certs = reqwest::Certificate::from_pem_bundle(&pem)
             .with_context(|| format!("{} is not a PEM certificate", path.display()))?;
         if certs.is_empty() {
@@ -49,10 +48,7 @@ fn redirect_rule(attempt: reqwest::redirect::Attempt<'_>) -> reqwest::redirect::
     }
     if previous.len() > MAX_REDIRECTS {
         let url = previous.first().map(redact_url).unwrap_or_default();
-        return attempt.error(FetchError::TooManyRedirects {
-            url,
-            limit: MAX_REDIRECTS,
-        });
+        return attempt.error(FetchError::TooManyRedirects { url, limit: MAX_REDIRECTS });
     }
     attempt.follow()
 }
@@ -66,17 +62,10 @@ pub(super) fn download(
     out: &mut File,
 ) -> Result<(Sha256Hex, u64)> {
     let shown = redact_url(url);
-    let response = client
-        .get(url.clone())
-        .send()
-        .map_err(|e| request_error(e, &shown))?;
+    let response = client.get(url.clone()).send().map_err(|e| request_error(e, &shown))?;
     let status = response.status();
     if !status.is_success() {
-        return Err(FetchError::HttpStatus {
-            url: shown,
-            status: status.as_u16(),
-        }
-        .into());
+        return Err(FetchError::HttpStatus { url: shown, status: status.as_u16() }.into());
     }
     let length = response.content_length();
     let limit = options.max_download_bytes;
@@ -95,20 +84,13 @@ pub(super) fn download(
         if err.is::<Interrupted>() {
             return Err(err);
         }
-        let too_large = err
-            .downcast_ref::<std::io::Error>()
-            .and_then(io_cause::<SizeLimitExceeded>)
-            .is_some();
+        let too_large = err.downcast_ref::<std::io::Error>().and_then(io_cause::<SizeLimitExceeded>).is_some();
         if too_large {
             return Err(FetchError::TooLarge { url: shown, limit }.into());
         }
         if let Some(expected) = length.filter(|&n| received < n) {
             // The typed error on top, so callers can match it; hyper's words below.
-            return Err(err.context(FetchError::Truncated {
-                url: shown,
-                expected,
-                received,
-            }));
+            return Err(err.context(FetchError::Truncated { url: shown, expected, received }));
         }
         // reqwest reports a read timeout as an io::Error wrapping its own error.
         let stalled = err.downcast_ref::<std::io::Error>().is_some_and(|e| {
@@ -117,9 +99,9 @@ pub(super) fn download(
         });
         if stalled {
             let secs = options.stall_timeout.as_secs_f32();
-            return Err(err.context(format!(
-                "downloading {shown} timed out: no data for {secs} s after {received} bytes"
-            )));
+            return Err(
+                err.context(format!("downloading {shown} timed out: no data for {secs} s after {received} bytes"))
+            );
         }
         return Err(err.context(format!("downloading {shown} failed after {received} bytes")));
     }
@@ -128,12 +110,7 @@ pub(super) fn download(
     // hyper already refuses a body that ends early; checking again costs nothing and does
     // not depend on that.
     if let Some(expected) = length.filter(|&n| n != size) {
-        return Err(FetchError::Truncated {
-            url: shown,
-            expected,
-            received: size,
-        }
-        .into());
+        return Err(FetchError::Truncated { url: shown, expected, received: size }.into());
     }
     Ok((digest, size))
 }
@@ -163,14 +140,8 @@ fn progress_bar(enabled: bool, name: &str, length: Option<u64>) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let (bar, template) = match length {
-        Some(n) => (
-            ProgressBar::new(n),
-            "{msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        ),
-        None => (
-            ProgressBar::new_spinner(),
-            "{spinner} {msg} {bytes} {bytes_per_sec}",
-        ),
+        Some(n) => (ProgressBar::new(n), "{msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}"),
+        None => (ProgressBar::new_spinner(), "{spinner} {msg} {bytes} {bytes_per_sec}"),
     };
     bar.set_draw_target(ProgressDrawTarget::stderr());
     if let Ok(style) = ProgressStyle::with_template(template) {
@@ -203,10 +174,7 @@ pub fn mirror_url(upstream: &str, mirror: &Url) -> Result<Url> {
         bail!("the mirror {} is not an http(s) URL", redact_url(mirror));
     }
     if mirror.query().is_some() || mirror.fragment().is_some() {
-        bail!(
-            "the mirror {} has a query or fragment; give only scheme, host, port and path",
-            redact_url(mirror)
-        );
+        bail!("the mirror {} has a query or fragment; give only scheme, host, port and path", redact_url(mirror));
     }
     let mut url = mirror.clone();
     let path = format!("{}{}", mirror.path().trim_end_matches('/'), upstream.path());
@@ -241,21 +209,13 @@ mod tests {
     const PATH: &str = "/containerd/containerd/releases/download/v1.7.27/cri-containerd-cni-1.7.27-linux-amd64.tar.gz";
 
     fn mirror(m: &str) -> String {
-        mirror_url(UPSTREAM, &Url::parse(m).unwrap())
-            .unwrap()
-            .to_string()
+        mirror_url(UPSTREAM, &Url::parse(m).unwrap()).unwrap().to_string()
     }
 
     #[test]
     fn mirror_replaces_scheme_host_and_port() {
-        assert_eq!(
-            mirror("http://10.0.0.5:8080"),
-            format!("http://10.0.0.5:8080{PATH}")
-        );
-        assert_eq!(
-            mirror("https://mirror.internal/"),
-            format!("https://mirror.internal{PATH}")
-        );
+        assert_eq!(mirror("http://10.0.0.5:8080"), format!("http://10.0.0.5:8080{PATH}"));
+        assert_eq!(mirror("https://mirror.internal/"), format!("https://mirror.internal{PATH}"));
     }
 
     #[test]
@@ -263,10 +223,7 @@ mod tests {
         let want = format!("http://host:8080/github{PATH}");
         assert_eq!(mirror("http://host:8080/github/"), want);
         assert_eq!(mirror("http://host:8080/github"), want);
-        assert_eq!(
-            mirror("http://host:8080/a/b//"),
-            format!("http://host:8080/a/b{PATH}")
-        );
+        assert_eq!(mirror("http://host:8080/a/b//"), format!("http://host:8080/a/b{PATH}"));
     }
 
     #[test]

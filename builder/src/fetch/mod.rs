@@ -118,19 +118,11 @@ pub enum FetchError {
          was discarded. Check the mirror or source; if upstream really republished it, verify \
          the new file and update the pinned digest"
     )]
-    ChecksumMismatch {
-        location: String,
-        expected: Sha256Hex,
-        actual: Sha256Hex,
-    },
+    ChecksumMismatch { location: String, expected: Sha256Hex, actual: Sha256Hex },
     #[error("{url} answered HTTP {status}{}", status_hint(*.status))]
     HttpStatus { url: String, status: u16 },
     #[error("{url} ended after {received} of {expected} bytes: the connection closed early")]
-    Truncated {
-        url: String,
-        expected: u64,
-        received: u64,
-    },
+    Truncated { url: String, expected: u64, received: u64 },
     #[error(
         "{url} is larger than the download limit of {limit} bytes; raise the limit if this \
          artifact really is that large"
@@ -144,9 +136,7 @@ pub enum FetchError {
 
 fn status_hint(status: u16) -> &'static str {
     match status {
-        404 => {
-            ": check the version and architecture in the profile, or that the mirror has the file"
-        }
+        404 => ": check the version and architecture in the profile, or that the mirror has the file",
         401 | 403 => ": the server refused access; check the mirror's credentials",
         _ => "",
     }
@@ -165,11 +155,7 @@ impl Fetcher {
     pub fn new(options: FetchOptions) -> Result<Self> {
         let client = http::client(&options)?;
         let cache = cache::Cache::open(&options.cache_dir)?;
-        Ok(Self {
-            options,
-            client,
-            cache,
-        })
+        Ok(Self { options, client, cache })
     }
 
     pub fn options(&self) -> &FetchOptions {
@@ -191,21 +177,10 @@ impl Fetcher {
         }
         tracing::info!(name = %artifact.name, url = %shown, "downloading");
         let mut temp = entry.temp_file()?;
-        let (actual, size) = http::download(
-            &self.client,
-            &self.options,
-            &url,
-            &artifact.name,
-            temp.as_file_mut(),
-        )?;
+        let (actual, size) = http::download(&self.client, &self.options, &url, &artifact.name, temp.as_file_mut())?;
         if actual != artifact.sha256 {
             // `temp` is dropped on return, which deletes it: nothing enters the cache.
-            return Err(FetchError::ChecksumMismatch {
-                location: shown,
-                expected: artifact.sha256,
-                actual,
-            }
-            .into());
+            return Err(FetchError::ChecksumMismatch { location: shown, expected: artifact.sha256, actual }.into());
         }
         entry.commit(temp, size)
     }
@@ -242,17 +217,9 @@ impl Fetcher {
 
 /// [`Interrupt::copy`], but an interrupt comes back as the [`Interrupted`] error itself so a
 /// caller can tell it from an I/O failure with `downcast_ref`.
-fn copy_interruptibly<R: Read, W: io::Write>(
-    interrupt: &Interrupt,
-    r: &mut R,
-    w: &mut W,
-) -> Result<u64> {
+fn copy_interruptibly<R: Read, W: io::Write>(interrupt: &Interrupt, r: &mut R, w: &mut W) -> Result<u64> {
     interrupt.copy(r, w).map_err(|e| {
-        if io_cause::<Interrupted>(&e).is_some() {
-            anyhow::Error::new(Interrupted)
-        } else {
-            anyhow::Error::new(e)
-        }
+        if io_cause::<Interrupted>(&e).is_some() { anyhow::Error::new(Interrupted) } else { anyhow::Error::new(e) }
     })
 }
 

@@ -70,18 +70,11 @@ pub fn render(p: &Profile) -> Result<Vec<Rendered>> {
     let net = p.node.cni_subnet;
     // host-local refuses a subnet with host bits set; say so now, with the fix.
     if net.addr() != net.network() {
-        bail!(
-            "profile `{}`: node.cni_subnet {net} has host bits set; did you mean {}?",
-            p.name,
-            net.trunc()
-        );
+        bail!("profile `{}`: node.cni_subnet {net} has host bits set; did you mean {}?", p.name, net.trunc());
     }
     // The gateway (cni0) takes one address; /31 and /32 leave none for pods.
     if net.prefix_len() > 30 {
-        bail!(
-            "profile `{}`: node.cni_subnet {net} is too small for a gateway and pods; use /30 or larger",
-            p.name
-        );
+        bail!("profile `{}`: node.cni_subnet {net} is too small for a gateway and pods; use /30 or larger", p.name);
     }
     let conf = ConfList {
         cni_version: compat::cni_conf_version(&p.containerd.version),
@@ -97,18 +90,11 @@ pub fn render(p: &Profile) -> Result<Vec<Rendered>> {
                 promisc_mode: true,
                 ipam: Ipam {
                     kind: "host-local",
-                    ranges: vec![vec![Range {
-                        subnet: net.to_string(),
-                    }]],
+                    ranges: vec![vec![Range { subnet: net.to_string() }]],
                     routes: vec![Route { dst: "0.0.0.0/0" }],
                 },
             },
-            PortMap {
-                kind: "portmap",
-                capabilities: PortMapCaps {
-                    port_mappings: true,
-                },
-            },
+            PortMap { kind: "portmap", capabilities: PortMapCaps { port_mappings: true } },
         ),
     };
     // JSON has no comments, so this file carries no generated-by header; the manifest
@@ -135,37 +121,19 @@ mod tests {
         assert_eq!(c["cniVersion"], "1.0.0");
         assert_eq!(c["plugins"][0]["type"], "bridge");
         assert_eq!(c["plugins"][0]["bridge"], "cni0");
-        assert_eq!(
-            c["plugins"][0]["ipam"]["ranges"][0][0]["subnet"],
-            "10.244.0.0/24"
-        );
+        assert_eq!(c["plugins"][0]["ipam"]["ranges"][0][0]["subnet"], "10.244.0.0/24");
         assert_eq!(c["plugins"][0]["ipam"]["routes"][0]["dst"], "0.0.0.0/0");
         assert_eq!(c["plugins"][1]["type"], "portmap");
         assert_eq!(c["plugins"][1]["capabilities"]["portMappings"], true);
         assert_eq!(conf("1.4.4", "")["cniVersion"], "0.4.0");
-        assert_eq!(
-            conf("1.4.4", "")["plugins"][0]["ipam"]["ranges"][0][0]["subnet"],
-            "10.88.0.0/16"
-        );
+        assert_eq!(conf("1.4.4", "")["plugins"][0]["ipam"]["ranges"][0][0]["subnet"], "10.88.0.0/16");
     }
 
     #[test]
     fn bad_subnets_are_explained() {
-        let err = render(&profile(
-            "1.30.2",
-            "1.6.20",
-            "[node]\ncni_subnet = \"10.88.1.0/16\"\n",
-        ))
-        .unwrap_err()
-        .to_string();
+        let err =
+            render(&profile("1.30.2", "1.6.20", "[node]\ncni_subnet = \"10.88.1.0/16\"\n")).unwrap_err().to_string();
         assert!(err.contains("10.88.0.0/16"), "{err}");
-        assert!(
-            render(&profile(
-                "1.30.2",
-                "1.6.20",
-                "[node]\ncni_subnet = \"10.88.0.0/31\"\n"
-            ))
-            .is_err()
-        );
+        assert!(render(&profile("1.30.2", "1.6.20", "[node]\ncni_subnet = \"10.88.0.0/31\"\n")).is_err());
     }
 }

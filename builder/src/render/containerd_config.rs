@@ -40,16 +40,9 @@ pub fn render(p: &Profile) -> Result<Vec<Rendered>> {
          # and the kubelet sees only a missing socket; with it containerd refuses to start.\n\
          required_plugins = [\"io.containerd.grpc.v1.cri\"]\n\n",
     );
-    t.push_str(&format!(
-        "[{CRI}]\n  sandbox_image = {}\n\n",
-        toml_str(&sandbox_image(p).to_string())
-    ));
-    t.push_str(&format!(
-        "[{CRI}.containerd]\n  default_runtime_name = \"runc\"\n\n"
-    ));
-    t.push_str(&format!(
-        "[{CRI}.containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n\n"
-    ));
+    t.push_str(&format!("[{CRI}]\n  sandbox_image = {}\n\n", toml_str(&sandbox_image(p).to_string())));
+    t.push_str(&format!("[{CRI}.containerd]\n  default_runtime_name = \"runc\"\n\n"));
+    t.push_str(&format!("[{CRI}.containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n\n"));
     t.push_str(&format!(
         "[{CRI}.containerd.runtimes.runc.options]\n\
          \x20 # Must agree with the kubelet's cgroup driver (node.cgroup_driver = \"{}\").\n\
@@ -66,10 +59,7 @@ pub fn render(p: &Profile) -> Result<Vec<Rendered>> {
     if config_path {
         // Always set, even without mirrors, so hosts.toml files added later take effect
         // without touching this file (containerd re-reads them on every pull).
-        t.push_str(&format!(
-            "\n[{CRI}.registry]\n  config_path = {}\n",
-            toml_str(CERTS_D)
-        ));
+        t.push_str(&format!("\n[{CRI}.registry]\n  config_path = {}\n", toml_str(CERTS_D)));
     }
     Ok(vec![file(PATH, 0o644, t, "containerd-config")])
 }
@@ -86,62 +76,34 @@ mod tests {
     }
 
     fn cri(t: &toml::Table) -> &toml::Table {
-        t["plugins"]["io.containerd.grpc.v1.cri"]
-            .as_table()
-            .unwrap()
+        t["plugins"]["io.containerd.grpc.v1.cri"].as_table().unwrap()
     }
 
     #[test]
     fn v2_schema_with_required_cri() {
         let t = parsed(&profile("1.30.2", "1.6.20", ""));
         assert_eq!(t["version"].as_integer(), Some(2));
-        assert_eq!(
-            t["required_plugins"].as_array().unwrap()[0].as_str(),
-            Some("io.containerd.grpc.v1.cri")
-        );
+        assert_eq!(t["required_plugins"].as_array().unwrap()[0].as_str(), Some("io.containerd.grpc.v1.cri"));
         let c = cri(&t);
-        assert_eq!(
-            c["containerd"]["default_runtime_name"].as_str(),
-            Some("runc")
-        );
-        assert_eq!(
-            c["containerd"]["runtimes"]["runc"]["runtime_type"].as_str(),
-            Some("io.containerd.runc.v2")
-        );
+        assert_eq!(c["containerd"]["default_runtime_name"].as_str(), Some("runc"));
+        assert_eq!(c["containerd"]["runtimes"]["runc"]["runtime_type"].as_str(), Some("io.containerd.runc.v2"));
         assert_eq!(c["cni"]["max_conf_num"].as_integer(), Some(1));
-        assert_eq!(
-            c["registry"]["config_path"].as_str(),
-            Some("/etc/containerd/certs.d")
-        );
+        assert_eq!(c["registry"]["config_path"].as_str(), Some("/etc/containerd/certs.d"));
         assert!(c["registry"].get("mirrors").is_none());
     }
 
     #[test]
     fn pause_image_defaults_to_kubeadms() {
         let t = parsed(&profile("1.30.2", "1.6.20", ""));
-        assert_eq!(
-            cri(&t)["sandbox_image"].as_str(),
-            Some("registry.k8s.io/pause:3.9")
-        );
-        let t = parsed(&profile(
-            "1.30.2",
-            "1.6.20",
-            "[node]\nsandbox_image = \"pause:3.9\"\n",
-        ));
-        assert_eq!(
-            cri(&t)["sandbox_image"].as_str(),
-            Some("docker.io/library/pause:3.9")
-        );
+        assert_eq!(cri(&t)["sandbox_image"].as_str(), Some("registry.k8s.io/pause:3.9"));
+        let t = parsed(&profile("1.30.2", "1.6.20", "[node]\nsandbox_image = \"pause:3.9\"\n"));
+        assert_eq!(cri(&t)["sandbox_image"].as_str(), Some("docker.io/library/pause:3.9"));
     }
 
     #[test]
     fn systemd_cgroup_follows_the_profile() {
         for (driver, want) in [("systemd", true), ("cgroupfs", false)] {
-            let t = parsed(&profile(
-                "1.30.2",
-                "1.7.27",
-                &format!("[node]\ncgroup_driver = \"{driver}\"\n"),
-            ));
+            let t = parsed(&profile("1.30.2", "1.7.27", &format!("[node]\ncgroup_driver = \"{driver}\"\n")));
             let opts = &cri(&t)["containerd"]["runtimes"]["runc"]["options"];
             assert_eq!(opts["SystemdCgroup"].as_bool(), Some(want), "{driver}");
         }
@@ -152,13 +114,8 @@ mod tests {
         let t = parsed(&profile("1.14.10", "1.4.4", ""));
         assert!(cri(&t).get("registry").is_none());
         let m = "[[registry.mirror]]\nhost = \"docker.io\"\nendpoints = [\"https://m.example\"]\n";
-        let err = render(&profile("1.14.10", "1.4.4", m))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("1.5") && err.contains("[[registry.mirror]]"),
-            "{err}"
-        );
+        let err = render(&profile("1.14.10", "1.4.4", m)).unwrap_err().to_string();
+        assert!(err.contains("1.5") && err.contains("[[registry.mirror]]"), "{err}");
         assert!(render(&profile("1.20.0", "1.5.0", m)).is_ok());
     }
 }

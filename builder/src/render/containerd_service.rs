@@ -50,19 +50,12 @@ WantedBy=multi-user.target
         header = header("#", p),
         nofile = limit_nofile(v),
     );
-    vec![
-        file(PATH, 0o644, text, RENDERER),
-        enable_link("containerd.service", RENDERER),
-    ]
+    vec![file(PATH, 0o644, text, RENDERER), enable_link("containerd.service", RENDERER)]
 }
 
 /// 1.4 shipped a finite limit; 1.5–1.7 `infinity` (runtime-facts §2.1).
 fn limit_nofile(v: &Version) -> &'static str {
-    if v.at_least(1, 5, 0) {
-        "infinity"
-    } else {
-        "1048576"
-    }
+    if v.at_least(1, 5, 0) { "infinity" } else { "1048576" }
 }
 
 /// `dbus.service` joined `After=` in 1.6.37 and 1.7.24 (runtime-facts §2.1): with the systemd
@@ -96,12 +89,7 @@ mod tests {
         assert!(unit("1.6.37").contains("After=network.target local-fs.target dbus.service\n"));
         assert!(!unit("1.7.23").contains("dbus.service"));
         assert!(unit("1.7.24").contains("dbus.service"));
-        for line in [
-            "Type=notify",
-            "Delegate=yes",
-            "KillMode=process",
-            "ExecStartPre=-/sbin/modprobe overlay",
-        ] {
+        for line in ["Type=notify", "Delegate=yes", "KillMode=process", "ExecStartPre=-/sbin/modprobe overlay"] {
             assert!(u.contains(&format!("{line}\n")), "{line}");
         }
     }

@@ -118,10 +118,7 @@ mod tests {
 
     #[test]
     fn old_kubelets_get_flags() {
-        let d = dropin(
-            "1.14.10",
-            "[node]\ncgroup_driver = \"cgroupfs\"\nruntime_request_timeout = \"15m\"\n",
-        );
+        let d = dropin("1.14.10", "[node]\ncgroup_driver = \"cgroupfs\"\nruntime_request_timeout = \"15m\"\n");
         let want = "Environment=\"KUBELET_CONFIG_ARGS=--config=/var/lib/kubelet/config.yaml --container-runtime=remote \
             --container-runtime-endpoint=unix:///run/containerd/containerd.sock --cgroup-driver=cgroupfs \
             --runtime-request-timeout=15m --pod-infra-container-image=registry.k8s.io/pause:3.1\"\n";
@@ -144,24 +141,14 @@ mod tests {
 
     #[test]
     fn no_pod_infra_flag_from_1_35_and_fragment_from_1_30() {
-        let out = render(&profile(
-            "1.35.0",
-            "1.7.27",
-            "[node]\nruntime_request_timeout = \"2m\"\n",
-        ));
+        let out = render(&profile("1.35.0", "1.7.27", "[node]\nruntime_request_timeout = \"2m\"\n"));
         let d = text(&out, DROPIN_PATH);
         assert!(!d.contains("--pod-infra-container-image"), "{d}");
-        assert!(
-            d.contains("--config-dir=/etc/kubernetes/kubelet.conf.d"),
-            "{d}"
-        );
+        assert!(d.contains("--config-dir=/etc/kubernetes/kubelet.conf.d"), "{d}");
         let f: serde_json::Value = serde_saphyr::from_str(text(&out, FRAGMENT_PATH)).unwrap();
         assert_eq!(f["kind"], "KubeletConfiguration");
         assert_eq!(f["apiVersion"], "kubelet.config.k8s.io/v1beta1");
-        assert_eq!(
-            f["containerRuntimeEndpoint"],
-            "unix:///run/containerd/containerd.sock"
-        );
+        assert_eq!(f["containerRuntimeEndpoint"], "unix:///run/containerd/containerd.sock");
         assert_eq!(f["cgroupDriver"], "systemd");
         assert_eq!(f["runtimeRequestTimeout"], "2m");
         assert_eq!(render(&profile("1.29.3", "1.7.27", "")).len(), 1);
@@ -171,19 +158,15 @@ mod tests {
     fn cgroup_driver_agrees_with_containerd() {
         for (driver, systemd) in [("systemd", true), ("cgroupfs", false)] {
             for k8s in ["1.14.10", "1.28.0", "1.32.4"] {
-                let p = profile(
-                    k8s,
-                    "1.7.27",
-                    &format!("[node]\ncgroup_driver = \"{driver}\"\n"),
-                );
+                let p = profile(k8s, "1.7.27", &format!("[node]\ncgroup_driver = \"{driver}\"\n"));
                 let all = super::super::render_profile(&p).unwrap();
                 let kubelet_side = if k8s == "1.32.4" {
                     text(&all, FRAGMENT_PATH).contains(&format!("cgroupDriver: {driver}\n"))
                 } else {
                     text(&all, DROPIN_PATH).contains(&format!("--cgroup-driver={driver}"))
                 };
-                let containerd_side = text(&all, super::super::containerd_config::PATH)
-                    .contains(&format!("SystemdCgroup = {systemd}\n"));
+                let containerd_side =
+                    text(&all, super::super::containerd_config::PATH).contains(&format!("SystemdCgroup = {systemd}\n"));
                 assert!(kubelet_side && containerd_side, "{driver} on {k8s}");
             }
         }

@@ -93,12 +93,7 @@ pub fn render_profile(p: &Profile) -> Result<Vec<Rendered>> {
     // left to report with less context.
     for pair in out.windows(2) {
         if pair[0].path() == pair[1].path() {
-            bail!(
-                "renderers `{}` and `{}` both generate /{}",
-                pair[0].renderer(),
-                pair[1].renderer(),
-                pair[0].path()
-            );
+            bail!("renderers `{}` and `{}` both generate /{}", pair[0].renderer(), pair[1].renderer(), pair[0].path());
         }
     }
     Ok(out)
@@ -107,13 +102,9 @@ pub fn render_profile(p: &Profile) -> Result<Vec<Rendered>> {
 /// Add rendered files and links to the overlay, each with `Origin::Rendered`.
 pub fn add_to_overlay(rendered: &[Rendered], overlay: &mut Overlay) -> Result<()> {
     for r in rendered {
-        let origin = Origin::Rendered {
-            renderer: r.renderer().to_owned(),
-        };
+        let origin = Origin::Rendered { renderer: r.renderer().to_owned() };
         match r {
-            Rendered::File(f) => {
-                overlay.add_file(&f.path, f.mode, Content::Inline(f.bytes.clone()), origin)?
-            }
+            Rendered::File(f) => overlay.add_file(&f.path, f.mode, Content::Inline(f.bytes.clone()), origin)?,
             Rendered::Link(l) => overlay.add_symlink(&l.path, &l.target, origin)?,
         }
     }
@@ -130,13 +121,7 @@ pub fn image_archive_path(r: &ImageRef) -> String {
     let full = r.to_string();
     let readable: String = full
         .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-') {
-                c
-            } else {
-                '_'
-            }
-        })
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-') { c } else { '_' })
         .take(120)
         .collect();
     let digest = hex::encode(Sha256::digest(full.as_bytes()));
@@ -145,10 +130,7 @@ pub fn image_archive_path(r: &ImageRef) -> String {
 
 /// The sandbox ("pause") image: the profile's, or the one kubeadm of its Kubernetes expects.
 pub fn sandbox_image(p: &Profile) -> ImageRef {
-    p.node
-        .sandbox_image
-        .clone()
-        .unwrap_or_else(|| compat::default_sandbox_image(&p.kubernetes.version))
+    p.node.sandbox_image.clone().unwrap_or_else(|| compat::default_sandbox_image(&p.kubernetes.version))
 }
 
 /// The containerd lines these renderers know. 2.x needs config schema v3 and a unit without
@@ -163,10 +145,7 @@ fn check_supported(p: &Profile) -> Result<()> {
         );
     }
     if !v.at_least(1, 4, 0) {
-        bail!(
-            "profile `{}`: containerd {v} is older than 1.4, the oldest line nodeforge renders for",
-            p.name
-        );
+        bail!("profile `{}`: containerd {v} is older than 1.4, the oldest line nodeforge renders for", p.name);
     }
     Ok(())
 }
@@ -200,12 +179,7 @@ fn toml_str(s: &str) -> String {
 }
 
 fn file(path: &str, mode: u32, text: String, renderer: &'static str) -> Rendered {
-    Rendered::File(RenderedFile {
-        path: path.to_owned(),
-        mode,
-        bytes: text.into_bytes(),
-        renderer,
-    })
+    Rendered::File(RenderedFile { path: path.to_owned(), mode, bytes: text.into_bytes(), renderer })
 }
 
 /// `systemctl enable` for a unit with `WantedBy=multi-user.target`.
@@ -234,9 +208,7 @@ pub(crate) mod test_support {
     pub fn text<'a>(out: &'a [super::Rendered], path: &str) -> &'a str {
         out.iter()
             .find_map(|r| match r {
-                super::Rendered::File(f) if f.path == path => {
-                    Some(std::str::from_utf8(&f.bytes).expect("utf-8"))
-                }
+                super::Rendered::File(f) if f.path == path => Some(std::str::from_utf8(&f.bytes).expect("utf-8")),
                 _ => None,
             })
             .unwrap_or_else(|| panic!("{path} not rendered"))
@@ -265,9 +237,7 @@ mod tests {
 
     #[test]
     fn unsupported_containerd_lines_are_refused() {
-        let err = render_profile(&profile("1.32.0", "2.0.0", ""))
-            .unwrap_err()
-            .to_string();
+        let err = render_profile(&profile("1.32.0", "2.0.0", "")).unwrap_err().to_string();
         assert!(err.contains("v3") && err.contains("not supported"), "{err}");
         assert!(render_profile(&profile("1.14.10", "1.3.9", "")).is_err());
     }
@@ -278,17 +248,10 @@ mod tests {
         let b: ImageRef = "x.io/a_b:1".parse().unwrap();
         let (pa, pb) = (image_archive_path(&a), image_archive_path(&b));
         assert_ne!(pa, pb);
-        assert!(
-            pa.starts_with("var/lib/nodeforge/images/x.io_a_b_1-") && pa.ends_with(".tar"),
-            "{pa}"
-        );
+        assert!(pa.starts_with("var/lib/nodeforge/images/x.io_a_b_1-") && pa.ends_with(".tar"), "{pa}");
         let d: ImageRef = format!("x.io/a@sha256:{}", "f".repeat(64)).parse().unwrap();
         let pd = image_archive_path(&d);
-        assert!(
-            pd.bytes()
-                .all(|c| c.is_ascii_alphanumeric() || b"._-/".contains(&c)),
-            "{pd}"
-        );
+        assert!(pd.bytes().all(|c| c.is_ascii_alphanumeric() || b"._-/".contains(&c)), "{pd}");
     }
 
     #[test]

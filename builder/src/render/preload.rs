@@ -83,20 +83,13 @@ WantedBy=multi-user.target
 ",
         header = header("#", p)
     );
-    Ok(vec![
-        file(PATH, 0o644, text, RENDERER),
-        enable_link(UNIT, RENDERER),
-    ])
+    Ok(vec![file(PATH, 0o644, text, RENDERER), enable_link(UNIT, RENDERER)])
 }
 
 /// 16 hex digits of a digest over the sorted (reference, archive digest) pairs: the same
 /// images give the same stamp whatever their order in the profile.
 fn stamp_id(p: &Profile) -> String {
-    let lines: BTreeSet<String> = p
-        .images
-        .iter()
-        .map(|i| format!("{} {}\n", i.reference, i.sha256))
-        .collect();
+    let lines: BTreeSet<String> = p.images.iter().map(|i| format!("{} {}\n", i.reference, i.sha256)).collect();
     let mut h = Sha256::new();
     for l in &lines {
         h.update(l.as_bytes());
@@ -111,10 +104,7 @@ mod tests {
     use super::*;
 
     fn image(r: &str, digest: char) -> String {
-        format!(
-            "[[image]]\nref = \"{r}\"\nsource = \"x.tar\"\nsha256 = \"{}\"\n",
-            digest.to_string().repeat(64)
-        )
+        format!("[[image]]\nref = \"{r}\"\nsource = \"x.tar\"\nsha256 = \"{}\"\n", digest.to_string().repeat(64))
     }
 
     #[test]
@@ -124,80 +114,41 @@ mod tests {
 
     #[test]
     fn imports_pins_and_stamps() {
-        let extra = format!(
-            "{}{}",
-            image("registry.k8s.io/pause:3.9", 'a'),
-            image("docker.io/library/busybox:1.36", 'b')
-        );
+        let extra =
+            format!("{}{}", image("registry.k8s.io/pause:3.9", 'a'), image("docker.io/library/busybox:1.36", 'b'));
         let out = render(&profile("1.30.2", "1.6.20", &extra)).unwrap();
         let u = text(&out, PATH);
         let pause = image_archive_path(&"registry.k8s.io/pause:3.9".parse().unwrap());
         assert!(
-            u.contains(&format!(
-                "ExecStart=/usr/local/bin/ctr --namespace k8s.io images import /{pause}\n"
-            )),
+            u.contains(&format!("ExecStart=/usr/local/bin/ctr --namespace k8s.io images import /{pause}\n")),
             "{u}"
         );
-        assert!(
-            u.contains("images label registry.k8s.io/pause:3.9 io.cri-containerd.pinned=pinned\n")
-        );
-        assert!(
-            u.contains("Before=kubelet.service\n") && u.contains("Requires=containerd.service\n")
-        );
+        assert!(u.contains("images label registry.k8s.io/pause:3.9 io.cri-containerd.pinned=pinned\n"));
+        assert!(u.contains("Before=kubelet.service\n") && u.contains("Requires=containerd.service\n"));
         let directives: Vec<_> = u.lines().filter(|l| !l.starts_with('#')).collect();
         assert!(!directives.iter().any(|l| l.contains("cloud-final")), "{u}");
-        let stamp = u
-            .lines()
-            .find_map(|l| l.strip_prefix("ConditionPathExists=!"))
-            .unwrap();
+        let stamp = u.lines().find_map(|l| l.strip_prefix("ConditionPathExists=!")).unwrap();
+        assert!(u.trim_end().contains(&format!("ExecStart=/usr/bin/touch {stamp}")));
         assert!(
-            u.trim_end()
-                .contains(&format!("ExecStart=/usr/bin/touch {stamp}"))
+            out.iter()
+                .any(|r| r.path() == "etc/systemd/system/multi-user.target.wants/nodeforge-preload-images.service")
         );
-        assert!(out.iter().any(|r| r.path()
-            == "etc/systemd/system/multi-user.target.wants/nodeforge-preload-images.service"));
 
         // The stamp follows the image set, not its order.
-        let swapped = format!(
-            "{}{}",
-            image("docker.io/library/busybox:1.36", 'b'),
-            image("registry.k8s.io/pause:3.9", 'a')
-        );
+        let swapped =
+            format!("{}{}", image("docker.io/library/busybox:1.36", 'b'), image("registry.k8s.io/pause:3.9", 'a'));
         let p2 = profile("1.30.2", "1.6.20", &swapped);
-        assert_eq!(
-            stamp_id(&p2),
-            stamp_id(&profile("1.30.2", "1.6.20", &extra))
-        );
-        let changed = format!(
-            "{}{}",
-            image("docker.io/library/busybox:1.36", 'c'),
-            image("registry.k8s.io/pause:3.9", 'a')
-        );
-        assert_ne!(
-            stamp_id(&profile("1.30.2", "1.6.20", &changed)),
-            stamp_id(&p2)
-        );
+        assert_eq!(stamp_id(&p2), stamp_id(&profile("1.30.2", "1.6.20", &extra)));
+        let changed =
+            format!("{}{}", image("docker.io/library/busybox:1.36", 'c'), image("registry.k8s.io/pause:3.9", 'a'));
+        assert_ne!(stamp_id(&profile("1.30.2", "1.6.20", &changed)), stamp_id(&p2));
     }
 
     #[test]
     fn no_pin_when_pause_is_not_preloaded_and_duplicates_fail() {
-        let out = render(&profile(
-            "1.30.2",
-            "1.6.20",
-            &image("docker.io/library/busybox:1.36", 'b'),
-        ))
-        .unwrap();
+        let out = render(&profile("1.30.2", "1.6.20", &image("docker.io/library/busybox:1.36", 'b'))).unwrap();
         assert!(!text(&out, PATH).contains("images label"));
-        let twice = format!(
-            "{}{}",
-            image("busybox:1.36", 'b'),
-            image("docker.io/library/busybox:1.36", 'c')
-        );
-        assert!(
-            render(&profile("1.30.2", "1.6.20", &twice))
-                .unwrap_err()
-                .to_string()
-                .contains("twice")
-        );
+        let twice = format!("{}{}", image("busybox:1.36", 'b'), image("docker.io/library/busybox:1.36", 'c'));
+        assert!(render(&profile("1.30.2", "1.6.20", &twice)).unwrap_err().to_string().contains("twice"));
     }
 }

@@ -27,10 +27,7 @@ pub fn render(p: &Profile) -> Result<Vec<Rendered>> {
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
     for m in &p.registry.mirrors {
-        let what = format!(
-            "profile `{}`: [[registry.mirror]] host `{}`",
-            p.name, m.host
-        );
+        let what = format!("profile `{}`: [[registry.mirror]] host `{}`", p.name, m.host);
         check_host(&m.host).with_context(|| what.clone())?;
         if !seen.insert(m.host.as_str()) {
             bail!("{what} appears twice; merge its endpoints into one entry");
@@ -71,11 +68,7 @@ fn hosts_toml(p: &Profile, m: &RegistryMirror) -> Result<String> {
     let caps: Vec<String> = m.capabilities.iter().map(|c| toml_str(c)).collect();
     for e in &m.endpoints {
         let url = endpoint(e).with_context(|| format!("endpoint `{e}`"))?;
-        t.push_str(&format!(
-            "\n[host.{}]\n  capabilities = [{}]\n",
-            toml_str(&url),
-            caps.join(", ")
-        ));
+        t.push_str(&format!("\n[host.{}]\n  capabilities = [{}]\n", toml_str(&url), caps.join(", ")));
         if m.skip_verify {
             t.push_str("  skip_verify = true\n");
         }
@@ -89,20 +82,13 @@ fn check_host(host: &str) -> Result<()> {
     if host == "_default" {
         return Ok(());
     }
-    if host.is_empty() || host.contains('/') || host.contains("..") || host.starts_with(['.', '-'])
-    {
-        bail!(
-            "is not a registry host: use a name such as `docker.io` or `registry.local:5000`, without `/` or `..`"
-        );
+    if host.is_empty() || host.contains('/') || host.contains("..") || host.starts_with(['.', '-']) {
+        bail!("is not a registry host: use a name such as `docker.io` or `registry.local:5000`, without `/` or `..`");
     }
-    let url = Url::parse(&format!("https://{host}/"))
-        .map_err(|e| anyhow::anyhow!("is not a registry host ({e})"))?;
+    let url = Url::parse(&format!("https://{host}/")).map_err(|e| anyhow::anyhow!("is not a registry host ({e})"))?;
     let name = url.host_str().unwrap_or_default();
     // The parser drops a default port (`:443`); put back the one the profile wrote.
-    let has_port = host
-        .rsplit_once(']')
-        .map_or(host, |(_, rest)| rest)
-        .contains(':');
+    let has_port = host.rsplit_once(']').map_or(host, |(_, rest)| rest).contains(':');
     let authority = match url.port_or_known_default() {
         Some(port) if has_port => format!("{name}:{port}"),
         _ => name.to_owned(),
@@ -122,9 +108,7 @@ fn endpoint(s: &str) -> Result<String> {
     if !matches!(url.scheme(), "http" | "https") {
         bail!("must be an http:// or https:// URL");
     }
-    let Some(host) = url.host_str() else {
-        bail!("names no host")
-    };
+    let Some(host) = url.host_str() else { bail!("names no host") };
     if !url.username().is_empty() || url.password().is_some() {
         bail!("must not carry credentials; hosts.toml is world-readable");
     }
@@ -146,33 +130,22 @@ mod tests {
     use super::*;
 
     fn mirror(body: &str) -> Result<Vec<Rendered>> {
-        render(&profile(
-            "1.30.2",
-            "1.6.20",
-            &format!("[[registry.mirror]]\n{body}\n"),
-        ))
+        render(&profile("1.30.2", "1.6.20", &format!("[[registry.mirror]]\n{body}\n")))
     }
 
     #[test]
     fn hosts_toml_has_server_and_hosts_in_order() {
-        let out = mirror("host = \"docker.io\"\nendpoints = [\"https://a.example/\", \"http://b.example:5000\"]\nskip_verify = true").unwrap();
+        let out = mirror(
+            "host = \"docker.io\"\nendpoints = [\"https://a.example/\", \"http://b.example:5000\"]\nskip_verify = true",
+        )
+        .unwrap();
         let t = text(&out, "etc/containerd/certs.d/docker.io/hosts.toml");
         let v: toml::Table = toml::from_str(t).unwrap();
         assert_eq!(v["server"].as_str(), Some("https://registry-1.docker.io"));
-        assert_eq!(
-            v["host"]["https://a.example"]["capabilities"]
-                .as_array()
-                .unwrap()
-                .len(),
-            2
-        );
-        assert_eq!(
-            v["host"]["http://b.example:5000"]["skip_verify"].as_bool(),
-            Some(true)
-        );
+        assert_eq!(v["host"]["https://a.example"]["capabilities"].as_array().unwrap().len(), 2);
+        assert_eq!(v["host"]["http://b.example:5000"]["skip_verify"].as_bool(), Some(true));
         assert!(t.find("a.example").unwrap() < t.find("b.example").unwrap());
-        let out =
-            mirror("host = \"registry.k8s.io\"\nendpoints = [\"https://m.example/v2\"]").unwrap();
+        let out = mirror("host = \"registry.k8s.io\"\nendpoints = [\"https://m.example/v2\"]").unwrap();
         assert!(
             text(&out, "etc/containerd/certs.d/registry.k8s.io/hosts.toml")
                 .contains("server = \"https://registry.k8s.io\"\n")
@@ -184,27 +157,15 @@ mod tests {
     #[test]
     fn bad_hosts_and_urls_are_refused() {
         for host in ["../etc", "a/b", "", "Docker.IO", ".hidden", "host:443x"] {
-            let err = mirror(&format!(
-                "host = \"{host}\"\nendpoints = [\"https://m.example\"]"
-            ))
-            .unwrap_err();
+            let err = mirror(&format!("host = \"{host}\"\nendpoints = [\"https://m.example\"]")).unwrap_err();
             assert!(format!("{err:#}").contains("host"), "{host}: {err:#}");
         }
-        for url in [
-            "ftp://m.example",
-            "m.example",
-            "https://u:p@m.example",
-            "https://m.example/?x=1",
-        ] {
-            let err =
-                mirror(&format!("host = \"docker.io\"\nendpoints = [\"{url}\"]")).unwrap_err();
+        for url in ["ftp://m.example", "m.example", "https://u:p@m.example", "https://m.example/?x=1"] {
+            let err = mirror(&format!("host = \"docker.io\"\nendpoints = [\"{url}\"]")).unwrap_err();
             assert!(format!("{err:#}").contains(url), "{url}: {err:#}");
         }
         assert!(mirror("host = \"docker.io\"\nendpoints = []").is_err());
-        assert!(
-            mirror("host = \"docker.io\"\nendpoints = [\"https://m\"]\ncapabilities = [\"pul\"]")
-                .is_err()
-        );
+        assert!(mirror("host = \"docker.io\"\nendpoints = [\"https://m\"]\ncapabilities = [\"pul\"]").is_err());
         let twice = "host = \"docker.io\"\nendpoints = [\"https://m\"]\n[[registry.mirror]]\nhost = \"docker.io\"\nendpoints = [\"https://n\"]";
         assert!(format!("{:#}", mirror(twice).unwrap_err()).contains("twice"));
     }

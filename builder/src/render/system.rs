@@ -24,10 +24,7 @@ net.bridge.bridge-nf-call-ip6tables = 1
 ",
         header("#", p)
     );
-    vec![
-        file(MODULES_PATH, 0o644, modules, "modules-load"),
-        file(SYSCTL_PATH, 0o644, sysctl, "sysctl"),
-    ]
+    vec![file(MODULES_PATH, 0o644, modules, "modules-load"), file(SYSCTL_PATH, 0o644, sysctl, "sysctl")]
 }
 
 #[cfg(test)]
@@ -39,17 +36,11 @@ mod tests {
     #[test]
     fn modules_and_sysctls() {
         let out = render(&profile("1.30.2", "1.6.20", ""));
-        let m: Vec<_> = text(&out, MODULES_PATH)
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .collect();
+        let m: Vec<_> = text(&out, MODULES_PATH).lines().filter(|l| !l.starts_with('#')).collect();
         assert_eq!(m, ["overlay", "br_netfilter"]);
         let s = text(&out, SYSCTL_PATH);
-        for key in [
-            "net.ipv4.ip_forward",
-            "net.bridge.bridge-nf-call-iptables",
-            "net.bridge.bridge-nf-call-ip6tables",
-        ] {
+        for key in ["net.ipv4.ip_forward", "net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf-call-ip6tables"]
+        {
             assert!(s.contains(&format!("\n{key} = 1\n")), "{key}");
         }
     }

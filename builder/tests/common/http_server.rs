@@ -94,8 +94,7 @@ impl TestServer {
                         break;
                     }
                     let Ok(stream) = stream else { continue };
-                    let (state, stop, wrap) =
-                        (Arc::clone(&state), Arc::clone(&stop), Arc::clone(&wrap));
+                    let (state, stop, wrap) = (Arc::clone(&state), Arc::clone(&stop), Arc::clone(&wrap));
                     thread::spawn(move || {
                         if let Ok(conn) = wrap(stream) {
                             let _ = serve(conn, &state, &stop);
@@ -104,13 +103,7 @@ impl TestServer {
                 }
             })
         };
-        Self {
-            addr,
-            scheme,
-            state,
-            stop,
-            accept: Some(accept),
-        }
+        Self { addr, scheme, state, stop, accept: Some(accept) }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -172,11 +165,7 @@ impl Drop for TestServer {
 
 fn serve(mut conn: Box<dyn Conn>, state: &Mutex<State>, stop: &AtomicBool) -> io::Result<()> {
     let request_line = read_head(&mut conn)?;
-    let target = request_line
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or("/")
-        .to_owned();
+    let target = request_line.split_whitespace().nth(1).unwrap_or("/").to_owned();
     let path = route_path(&target);
     let answer = {
         let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
@@ -211,11 +200,7 @@ fn serve(mut conn: Box<dyn Conn>, state: &Mutex<State>, stop: &AtomicBool) -> io
             write!(conn, "{}{body}", head(code, Some(body.len() as u64)))?;
         }
         Answer::Route(Route::Redirect(location)) => {
-            write!(
-                conn,
-                "{}",
-                head_with(302, Some(0), &format!("Location: {location}\r\n"))
-            )?;
+            write!(conn, "{}", head_with(302, Some(0), &format!("Location: {location}\r\n")))?;
         }
         Answer::Route(Route::Truncated { claimed, body }) => {
             write!(conn, "{}", head(200, Some(claimed)))?;
@@ -263,11 +248,7 @@ fn route_path(target: &str) -> String {
         Some((_, rest)) => rest.find('/').map_or("/", |i| &rest[i..]),
         None => target,
     };
-    without_origin
-        .split(['?', '#'])
-        .next()
-        .unwrap_or("/")
-        .to_owned()
+    without_origin.split(['?', '#']).next().unwrap_or("/").to_owned()
 }
 
 fn dir_file(prefix: &str, dir: &Path, path: &str) -> Option<PathBuf> {
@@ -293,9 +274,7 @@ fn head_with(status: u16, length: Option<u64>, extra: &str) -> String {
         500 => "Internal Server Error",
         _ => "Status",
     };
-    let length = length
-        .map(|n| format!("Content-Length: {n}\r\n"))
-        .unwrap_or_default();
+    let length = length.map(|n| format!("Content-Length: {n}\r\n")).unwrap_or_default();
     format!(
         "HTTP/1.1 {status} {reason}\r\nContent-Type: application/octet-stream\r\n{length}{extra}Connection: close\r\n\r\n"
     )

@@ -5,9 +5,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, TcpStream};
 use std::sync::Arc;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
-};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
 
@@ -27,36 +25,21 @@ impl TestCa {
         let ca_key = KeyPair::generate().expect("CA key");
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "nodeforge test CA");
+        ca_params.distinguished_name.push(DnType::CommonName, "nodeforge test CA");
         ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
 
         let leaf_key = KeyPair::generate().expect("server key");
-        let mut leaf_params =
-            CertificateParams::new(vec!["localhost".to_owned()]).expect("server params");
-        leaf_params
-            .subject_alt_names
-            .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
-        leaf_params
-            .distinguished_name
-            .push(DnType::CommonName, "127.0.0.1");
+        let mut leaf_params = CertificateParams::new(vec!["localhost".to_owned()]).expect("server params");
+        leaf_params.subject_alt_names.push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        leaf_params.distinguished_name.push(DnType::CommonName, "127.0.0.1");
         let issuer = Issuer::from_params(&ca_params, &ca_key);
-        let leaf = leaf_params
-            .signed_by(&leaf_key, &issuer)
-            .expect("server certificate");
+        let leaf = leaf_params.signed_by(&leaf_key, &issuer).expect("server certificate");
 
         let chain = vec![CertificateDer::from(leaf.der().to_vec())];
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
-        let config = ServerConfig::builder()
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .expect("server config");
-        Self {
-            ca_pem: ca_cert.pem(),
-            server_config: Arc::new(config),
-        }
+        let config = ServerConfig::builder().with_no_client_auth().with_single_cert(chain, key).expect("server config");
+        Self { ca_pem: ca_cert.pem(), server_config: Arc::new(config) }
     }
 
     /// An https [`TestServer`] presenting this CA's server certificate.

@@ -1,0 +1,247 @@
+//! `nodeforge build`: profile → verified sources → overlay tree → artifacts.
+//!
+//! Everything is produced inside a private temporary directory under `--out` and moved into
+//! place only when the whole build has succeeded, `SHA256SUMS` last. An error or a signal
+//! anywhere leaves the output directory as it was (the temporary directory is removed on
+//! unwind; one left by `kill -9` is swept by the next build).
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::archive::{self, ArtifactInfo};
+use crate::cli::BuildConfig;
+use crate::commands::Stage;
+use crate::fetch::{Artifact, Fetcher};
+use crate::io::Interrupt;
+use crate::manifest::{self, Manifest, SourceRecord};
+use crate::output::{self, TEMP_PREFIX};
+use crate::overlay::{Content, EntryKind, Origin, Overlay};
+use crate::profile::{LoadedProfile, Sha256Hex};
+use crate::release::{self, BundleRequest, Limits};
+use crate::{render, seed};
+
+/// 1980-01-01T00:00:00Z: the archive timestamp when SOURCE_DATE_EPOCH is not set. Any
+/// constant gives reproducible bytes; this one is also the earliest time FAT and zip-era
+/// tools represent without complaint.
+pub const DEFAULT_MTIME: u64 = 315_532_800;
+
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    pub out: PathBuf,
+    pub mtime: u64,
+    pub limits: Limits,
+}
+
+impl BuildOptions {
+    pub fn from_config(c: &BuildConfig) -> Self {
+        Self {
+            out: c.out.clone(),
+            mtime: c.source_date_epoch.unwrap_or(DEFAULT_MTIME),
+            limits: Limits { max_unpacked_bytes: c.max_unpacked_bytes, ..Limits::default() },
+        }
+    }
+}
+
+/// A verified input, as `fetch` reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct FetchedSource {
+    pub name: String,
+    /// Upstream URL, or the profile-relative path of a local image archive.
+    pub url: String,
+    pub sha256: Sha256Hex,
+    pub size: u64,
+    /// The verified copy in the cache.
+    pub path: PathBuf,
+}
+
+/// Fetch and verify every input the profile names: the release bundle and the images.
+pub fn fetch_sources(loaded: &LoadedProfile, fetcher: &Fetcher) -> Result<Vec<FetchedSource>> {
+    let p = &loaded.profile;
+    let url = p.bundle_url();
+    let name = url.rsplit('/').next().unwrap_or(&url).to_owned();
+    let bundle = Artifact { name: name.clone(), url: url.clone(), sha256: p.containerd.bundle.sha256 };
+    let got = fetcher.fetch(&bundle).context(Stage::Fetch)?;
+    let mut out = vec![FetchedSource { name, url, sha256: got.sha256, size: got.size, path: got.path }];
+    for img in &p.images {
+        let remote = img.source.starts_with("http://") || img.source.starts_with("https://");
+        let got = if remote {
+            let name = img.source.rsplit('/').next().unwrap_or(&img.source).to_owned();
+            fetcher.fetch(&Artifact { name, url: img.source.clone(), sha256: img.sha256 })
+        } else {
+            fetcher.fetch_local(&loaded.resolve(&img.source), &img.sha256)
+        }
+        .with_context(|| format!("image {}", img.reference))
+        .context(Stage::Fetch)?;
+        out.push(FetchedSource {
+            name: img.reference.to_string(),
+            url: img.source.clone(),
+            sha256: got.sha256,
+            size: got.size,
+            path: got.path,
+        });
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Serialize)]
+pub struct OverlaySummary {
+    pub files: usize,
+    pub directories: usize,
+    pub symlinks: usize,
+    pub file_bytes: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BuildReport {
+    pub profile: String,
+    pub profile_sha256: Sha256Hex,
+    pub out_dir: PathBuf,
+    pub sources: Vec<FetchedSource>,
+    pub overlay: OverlaySummary,
+    pub artifacts: Vec<ArtifactInfo>,
+    /// Release members deliberately left out.
+    pub skipped: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+impl BuildReport {
+    pub fn human(&self) -> String {
+        let mut s = String::new();
+        let o = &self.overlay;
+        let _ = writeln!(s, "built {} into {}", self.profile, self.out_dir.display());
+        for src in &self.sources {
+            let _ = writeln!(s, "  source   {}  sha256:{}", src.url, src.sha256);
+        }
+        let _ = writeln!(
+            s,
+            "  overlay  {} files, {} directories, {} symlinks, {:.1} MiB",
+            o.files,
+            o.directories,
+            o.symlinks,
+            o.file_bytes as f64 / (1 << 20) as f64
+        );
+        if !self.skipped.is_empty() {
+            let _ = writeln!(s, "  skipped  {}", self.skipped.join(", "));
+        }
+        for a in &self.artifacts {
+            let _ = writeln!(s, "  {:<16} {:>10} bytes  sha256:{}", a.name, a.size, a.sha256);
+        }
+        for w in &self.warnings {
+            let _ = writeln!(s, "  warning: {w}");
+        }
+        s
+    }
+}
+
+/// Run the whole build.
+pub fn build(
+    loaded: &LoadedProfile,
+    fetcher: &Fetcher,
+    opts: &BuildOptions,
+    interrupt: &Interrupt,
+) -> Result<BuildReport> {
+    let p = &loaded.profile;
+    fs::create_dir_all(&opts.out).with_context(|| format!("creating {}", opts.out.display()))?;
+    output::sweep_stale(&opts.out)?;
+
+    let sources = fetch_sources(loaded, fetcher)?;
+    interrupt.check()?;
+
+    let work = tempfile::Builder::new()
+        .prefix(TEMP_PREFIX)
+        .tempdir_in(&opts.out)
+        .with_context(|| format!("creating a work directory in {}", opts.out.display()))?;
+    let staging = work.path().join("staging");
+    let pending = work.path().join("out");
+    fs::create_dir(&staging)?;
+    fs::create_dir(&pending)?;
+
+    let mut overlay = Overlay::new();
+    let bundle = &sources[0];
+    let req = BundleRequest {
+        name: &bundle.name,
+        version: &p.containerd.version,
+        arch: p.arch,
+        extras: p.containerd.bundle.extras.iter().copied().collect::<BTreeSet<_>>(),
+    };
+    let selection =
+        release::select_bundle(&bundle.path, &req, &staging, opts.limits, interrupt).context(Stage::Archive)?;
+    for f in selection.files {
+        let origin = Origin::Upstream { artifact: bundle.name.clone(), sha256: bundle.sha256, member: f.member };
+        overlay.insert(f.path, crate::overlay::Entry { mode: f.mode, kind: EntryKind::File(f.content), origin })?;
+    }
+
+    let rendered = render::render(loaded).context(Stage::Profile)?;
+    render::add_to_overlay(&rendered, &mut overlay)?;
+
+    for (img, src) in p.images.iter().zip(&sources[1..]) {
+        let content = Content::OnDisk { path: src.path.clone(), size: src.size, sha256: src.sha256 };
+        let origin = Origin::Image { reference: img.reference.to_string(), sha256: src.sha256 };
+        overlay.add_file(&render::image_archive_path(&img.reference), 0o644, content, origin)?;
+    }
+    interrupt.check()?;
+
+    let mut artifacts: Vec<ArtifactInfo> = archive::write_both(&overlay, &pending, opts.mtime, interrupt)?.into();
+    let seed_files = seed::seed_files(loaded)?;
+    artifacts.push(seed::write_seed_image(&seed_files, &pending.join(seed::SEED_IMAGE_NAME))?);
+    let records: Vec<SourceRecord> =
+        sources.iter().map(|s| SourceRecord { url: s.url.clone(), sha256: s.sha256 }).collect();
+    let manifest = Manifest::new(loaded, records, &overlay, artifacts.clone(), opts.mtime);
+    artifacts.push(manifest.write(&pending)?);
+    manifest::write_sha256sums(&pending, &artifacts)?;
+    interrupt.check()?;
+
+    // Commit: move each finished artifact into place, the checksum list last so its presence
+    // means the set is complete.
+    let mut names: Vec<&str> = artifacts.iter().map(|a| a.name.as_str()).collect();
+    names.push(manifest::SHA256SUMS_NAME);
+    for name in names {
+        let (from, to) = (pending.join(name), opts.out.join(name));
+        fs::rename(&from, &to).with_context(|| format!("moving {} into place", to.display()))?;
+    }
+    sync_dir(&opts.out);
+
+    let mut warnings = selection.warnings;
+    warnings.extend(
+        crate::check::check(loaded)
+            .into_iter()
+            .filter(|f| f.severity == crate::check::Severity::Warning)
+            .map(|f| f.message),
+    );
+    Ok(BuildReport {
+        profile: p.name.clone(),
+        profile_sha256: loaded.sha256,
+        out_dir: opts.out.clone(),
+        sources,
+        overlay: summarise(&overlay),
+        artifacts,
+        skipped: selection.skipped,
+        warnings,
+    })
+}
+
+fn summarise(overlay: &Overlay) -> OverlaySummary {
+    let mut s = OverlaySummary { files: 0, directories: 0, symlinks: 0, file_bytes: 0 };
+    for (_, e) in overlay.iter() {
+        match &e.kind {
+            EntryKind::Dir => s.directories += 1,
+            EntryKind::Symlink(_) => s.symlinks += 1,
+            EntryKind::File(c) => {
+                s.files += 1;
+                s.file_bytes += c.size();
+            }
+        }
+    }
+    s
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}

@@ -1,0 +1,221 @@
+//! What each command does, given its parsed configuration. Output goes to stdout (results)
+//! and stderr (progress, logs, warnings); `--json` turns results and errors into JSON.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::OnceLock;
+
+use anyhow::{Context, Result};
+use serde_json::json;
+
+use crate::build;
+use crate::check::{self, Severity};
+use crate::cli::{CheckConfig, Cli, Command, FetchConfig, NetConfig, RenderConfig};
+use crate::fetch::{FetchOptions, Fetcher};
+use crate::io::Interrupt;
+use crate::profile::LoadedProfile;
+use crate::render::{self, Rendered};
+use sha2::{Digest, Sha256};
+
+/// The failure classes behind the documented exit codes. Attached as anyhow context at the
+/// stage boundary, so the exit code follows from where a build failed, not from parsing
+/// message text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Profile,
+    Fetch,
+    Archive,
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Stage::Profile => "invalid profile",
+            Stage::Fetch => "download failed",
+            Stage::Archive => "unsafe or malformed upstream archive",
+        })
+    }
+}
+
+static INTERRUPT: OnceLock<Interrupt> = OnceLock::new();
+
+fn interrupt() -> &'static Interrupt {
+    INTERRUPT.get_or_init(|| Interrupt::install().unwrap_or_default())
+}
+
+pub fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NODEFORGE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    // Install signal handling before any work so an early Ctrl-C is seen too.
+    let _ = interrupt();
+    let json = cli.json;
+    match cli.command {
+        Command::Check(c) => run_check(&c, json),
+        Command::Render(c) => run_render(&c, json),
+        Command::Fetch(c) => run_fetch(&c, json),
+        Command::Build(c) => {
+            let profile = load_profile(&c.profile.profile)?;
+            let fetcher = fetcher(&c.net)?;
+            let report = build::build(&profile, &fetcher, &build::BuildOptions::from_config(&c), interrupt())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.human());
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Load and check a profile; errors in the findings fail with the profile exit code.
+pub fn load_profile(path: &std::path::Path) -> Result<LoadedProfile> {
+    let loaded = LoadedProfile::load(path).context(Stage::Profile)?;
+    let findings = check::check(&loaded);
+    for f in findings.iter().filter(|f| f.severity == Severity::Warning) {
+        tracing::warn!("{}: {}", path.display(), f.message);
+    }
+    if check::has_errors(&findings) {
+        let text: Vec<String> =
+            findings.iter().filter(|f| f.severity == Severity::Error).map(|f| f.to_string()).collect();
+        return Err(anyhow::anyhow!("{}: {}", path.display(), text.join("\n")).context(Stage::Profile));
+    }
+    Ok(loaded)
+}
+
+fn run_check(c: &CheckConfig, json: bool) -> Result<()> {
+    let loaded = LoadedProfile::load(&c.profile.profile).context(Stage::Profile)?;
+    let findings = check::check(&loaded);
+    let failed = check::has_errors(&findings) || (c.strict && !findings.is_empty());
+    if json {
+        let out = json!({
+            "profile": loaded.path,
+            "sha256": loaded.sha256,
+            "ok": !failed,
+            "findings": findings,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        for f in &findings {
+            println!("{f}");
+        }
+        println!("{}: {}", loaded.path.display(), if failed { "refused" } else { "ok" });
+    }
+    if failed {
+        let n = findings.iter().filter(|f| f.severity == Severity::Error || c.strict).count();
+        return Err(anyhow::anyhow!("{} finding(s) refuse {}", n, loaded.path.display()).context(Stage::Profile));
+    }
+    Ok(())
+}
+
+fn run_render(c: &RenderConfig, json: bool) -> Result<()> {
+    let loaded = load_profile(&c.profile.profile)?;
+    let rendered = render::render(&loaded).context(Stage::Profile)?;
+    if let Some(dir) = &c.out {
+        write_rendered(&rendered, dir)?;
+    }
+    let rows: Vec<_> = rendered
+        .iter()
+        .map(|r| match r {
+            Rendered::File(f) => json!({
+                "path": format!("/{}", f.path),
+                "mode": format!("{:04o}", f.mode),
+                "size": f.bytes.len(),
+                "sha256": hex::encode(Sha256::digest(&f.bytes)),
+                "renderer": f.renderer,
+            }),
+            Rendered::Link(l) => json!({ "path": format!("/{}", l.path), "target": l.target, "renderer": l.renderer }),
+        })
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&json!({ "profile": loaded.path, "files": rows }))?);
+    } else {
+        for r in &rendered {
+            match r {
+                Rendered::File(f) => println!("{:04o} /{:<64} {}", f.mode, f.path, f.renderer),
+                Rendered::Link(l) => println!("link /{} -> {}", l.path, l.target),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Write rendered files under `dir` as they would sit under `/`, each atomically.
+fn write_rendered(rendered: &[Rendered], dir: &std::path::Path) -> Result<()> {
+    for r in rendered {
+        let dest = dir.join(r.path());
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
+        match r {
+            Rendered::File(f) => {
+                crate::output::write_atomic(&dest, &f.bytes, f.mode)?;
+            }
+            Rendered::Link(l) => {
+                let _ = std::fs::remove_file(&dest);
+                std::os::unix::fs::symlink(&l.target, &dest).with_context(|| format!("creating {}", dest.display()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn fetcher(net: &NetConfig) -> Result<Fetcher> {
+    let cache_dir = match &net.cache_dir {
+        Some(d) => d.clone(),
+        None => crate::fetch::default_cache_dir().context(Stage::Fetch)?,
+    };
+    let mut opts = FetchOptions::new(cache_dir);
+    opts.mirror = net.mirror.clone();
+    opts.max_download_bytes = net.max_download_bytes;
+    opts.progress = std::io::stderr().is_terminal();
+    opts.ca_cert = net.ca_cert.clone();
+    opts.interrupt = interrupt().clone();
+    Fetcher::new(opts).context(Stage::Fetch)
+}
+
+fn run_fetch(c: &FetchConfig, json: bool) -> Result<()> {
+    let loaded = load_profile(&c.profile.profile)?;
+    let fetcher = fetcher(&c.net)?;
+    let fetched = build::fetch_sources(&loaded, &fetcher)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&fetched)?);
+    } else {
+        for f in &fetched {
+            println!("{}  {}  {}", f.sha256, f.name, f.path.display());
+        }
+    }
+    Ok(())
+}
+
+/// Print an error (chain included) and choose the exit code.
+pub fn report_error(e: &anyhow::Error, json: bool) -> ExitCode {
+    let interrupted =
+        INTERRUPT.get().is_some_and(Interrupt::is_set) || e.chain().any(|c| c.is::<crate::io::Interrupted>());
+    let code: u8 = if interrupted {
+        130
+    } else {
+        match e.downcast_ref::<Stage>() {
+            Some(Stage::Profile) => 3,
+            Some(Stage::Fetch) => 4,
+            Some(Stage::Archive) => 5,
+            None => 1,
+        }
+    };
+    let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+    if json {
+        let stage = e.downcast_ref::<Stage>().map(|s| s.to_string());
+        println!("{}", json!({ "error": chain.join(": "), "stage": stage, "exit_code": code }));
+    } else {
+        eprintln!("nodeforge: error: {}", chain.join("\n  caused by: "));
+    }
+    ExitCode::from(code)
+}
