@@ -51,27 +51,13 @@ pub struct ArtifactInfo {
 }
 
 /// Write `overlay.tar.gz` to `dest` atomically.
-pub fn write_tar_gz(
-    overlay: &Overlay,
-    dest: &Path,
-    mtime: u64,
-    interrupt: &Interrupt,
-) -> Result<ArtifactInfo> {
-    write_gz(dest, |gz| {
-        write_tar(overlay, gz, mtime, interrupt).map(drop)
-    })
+pub fn write_tar_gz(overlay: &Overlay, dest: &Path, mtime: u64, interrupt: &Interrupt) -> Result<ArtifactInfo> {
+    write_gz(dest, |gz| write_tar(overlay, gz, mtime, interrupt).map(drop))
 }
 
 /// Write `overlay.cpio.gz` to `dest` atomically.
-pub fn write_cpio_gz(
-    overlay: &Overlay,
-    dest: &Path,
-    mtime: u64,
-    interrupt: &Interrupt,
-) -> Result<ArtifactInfo> {
-    write_gz(dest, |gz| {
-        write_cpio(overlay, gz, mtime, interrupt).map(drop)
-    })
+pub fn write_cpio_gz(overlay: &Overlay, dest: &Path, mtime: u64, interrupt: &Interrupt) -> Result<ArtifactInfo> {
+    write_gz(dest, |gz| write_cpio(overlay, gz, mtime, interrupt).map(drop))
 }
 
 /// Write both archives into `out_dir`, each on its own thread: compression dominates and the
@@ -79,12 +65,7 @@ pub fn write_cpio_gz(
 ///
 /// If one fails the other still runs to completion and is committed; it is a complete,
 /// correct archive, and the build as a whole still fails with the first error.
-pub fn write_both(
-    overlay: &Overlay,
-    out_dir: &Path,
-    mtime: u64,
-    interrupt: &Interrupt,
-) -> Result<[ArtifactInfo; 2]> {
+pub fn write_both(overlay: &Overlay, out_dir: &Path, mtime: u64, interrupt: &Interrupt) -> Result<[ArtifactInfo; 2]> {
     let tar_dest = out_dir.join(TAR_GZ_NAME);
     let cpio_dest = out_dir.join(CPIO_GZ_NAME);
     cpio_mtime(mtime)?;
@@ -110,25 +91,17 @@ fn write_gz(
         .to_owned();
     let file = AtomicFile::create(dest)?;
     // No file name and mtime 0 in the gzip header: nothing about this build host or moment.
-    let mut gz = GzBuilder::new()
-        .operating_system(GZIP_OS_UNIX)
-        .write(HashingWriter::new(file), Compression::new(GZIP_LEVEL));
+    let mut gz =
+        GzBuilder::new().operating_system(GZIP_OS_UNIX).write(HashingWriter::new(file), Compression::new(GZIP_LEVEL));
     body(&mut gz).with_context(|| format!("writing {}", dest.display()))?;
-    let hashing = gz
-        .finish()
-        .with_context(|| format!("writing {}", dest.display()))?;
+    let hashing = gz.finish().with_context(|| format!("writing {}", dest.display()))?;
     let (file, sha256, size) = hashing.finish();
     file.commit(0o644)?;
     Ok(ArtifactInfo { name, size, sha256 })
 }
 
 /// Write the overlay as an uncompressed GNU tar stream to `w`.
-pub fn write_tar<W: Write>(
-    overlay: &Overlay,
-    w: W,
-    mtime: u64,
-    interrupt: &Interrupt,
-) -> Result<W> {
+pub fn write_tar<W: Write>(overlay: &Overlay, w: W, mtime: u64, interrupt: &Interrupt) -> Result<W> {
     let mut tar = tar::Builder::new(w);
     for (path, entry) in overlay.iter() {
         interrupt.check()?;
@@ -169,23 +142,13 @@ pub fn write_tar<W: Write>(
 /// the archive. Every entry has `nlink` 1 (2 for directories): the kernel and GNU cpio only
 /// pair entries up by inode for regular files with more links, so the numbers cannot collide
 /// with those of an initramfs this archive is appended to.
-pub fn write_cpio<W: Write>(
-    overlay: &Overlay,
-    mut w: W,
-    mtime: u64,
-    interrupt: &Interrupt,
-) -> Result<W> {
+pub fn write_cpio<W: Write>(overlay: &Overlay, mut w: W, mtime: u64, interrupt: &Interrupt) -> Result<W> {
     use cpio::newc::{Builder, ModeFileType};
     let mtime = cpio_mtime(mtime)?;
     for (index, (path, entry)) in overlay.iter().enumerate() {
         interrupt.check()?;
         let ino = u32::try_from(index + 1).context("too many entries for a cpio archive")?;
-        let header = Builder::new(path.as_str())
-            .ino(ino)
-            .uid(0)
-            .gid(0)
-            .mtime(mtime)
-            .mode(entry.mode);
+        let header = Builder::new(path.as_str()).ino(ino).uid(0).gid(0).mtime(mtime).mode(entry.mode);
         let written = match &entry.kind {
             EntryKind::Dir => {
                 let header = header.nlink(2).set_mode_file_type(ModeFileType::Directory);
@@ -193,14 +156,9 @@ pub fn write_cpio<W: Write>(
             }
             EntryKind::File(content) => {
                 let size = u32::try_from(content.size()).map_err(|_| {
-                    anyhow::anyhow!(
-                        "{path} is {} bytes, more than newc cpio can hold (4 GiB)",
-                        content.size()
-                    )
+                    anyhow::anyhow!("{path} is {} bytes, more than newc cpio can hold (4 GiB)", content.size())
                 })?;
-                let mut out = header
-                    .set_mode_file_type(ModeFileType::Regular)
-                    .write(&mut w, size);
+                let mut out = header.set_mode_file_type(ModeFileType::Regular).write(&mut w, size);
                 let mut reader = ContentReader::open(path, content, interrupt)?;
                 let copied = interrupt.copy(&mut reader, &mut out);
                 copied.and_then(|n| finish_cpio_entry(out, n, size))
@@ -208,9 +166,7 @@ pub fn write_cpio<W: Write>(
             EntryKind::Symlink(target) => {
                 // A symlink's data is its target, without a terminating NUL.
                 let size = u32::try_from(target.len()).context("symlink target too long")?;
-                let mut out = header
-                    .set_mode_file_type(ModeFileType::Symlink)
-                    .write(&mut w, size);
+                let mut out = header.set_mode_file_type(ModeFileType::Symlink).write(&mut w, size);
                 let copied = out.write_all(target.as_bytes()).map(|()| u64::from(size));
                 copied.and_then(|n| finish_cpio_entry(out, n, size))
             }
@@ -223,15 +179,9 @@ pub fn write_cpio<W: Write>(
 
 /// `cpio::newc::Writer::finish` quietly skips the padding when fewer bytes arrived than the
 /// header declared, leaving a corrupt archive; refuse that here instead.
-fn finish_cpio_entry<W: Write>(
-    out: cpio::newc::Writer<W>,
-    written: u64,
-    declared: u32,
-) -> io::Result<()> {
+fn finish_cpio_entry<W: Write>(out: cpio::newc::Writer<W>, written: u64, declared: u32) -> io::Result<()> {
     if written != u64::from(declared) {
-        return Err(io::Error::other(format!(
-            "wrote {written} bytes where the header declared {declared}"
-        )));
+        return Err(io::Error::other(format!("wrote {written} bytes where the header declared {declared}")));
     }
     out.finish().map(drop)
 }
@@ -252,9 +202,7 @@ struct ContentReader<'a> {
 
 impl<'a> ContentReader<'a> {
     fn open(path: &'a OverlayPath, content: &'a Content, interrupt: &'a Interrupt) -> Result<Self> {
-        let inner = content
-            .open()
-            .with_context(|| format!("opening the content of {path}"))?;
+        let inner = content.open().with_context(|| format!("opening the content of {path}"))?;
         Ok(Self {
             inner,
             path,
@@ -287,19 +235,12 @@ impl Read for ContentReader<'_> {
             }
             return Ok(0);
         }
-        let want = buf
-            .len()
-            .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+        let want = buf.len().min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
         let n = self.inner.read(&mut buf[..want])?;
         if n == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                format!(
-                    "{}: content ended after {} of {} bytes",
-                    self.path,
-                    self.size - self.remaining,
-                    self.size
-                ),
+                format!("{}: content ended after {} of {} bytes", self.path, self.size - self.remaining, self.size),
             ));
         }
         self.hasher.update(&buf[..n]);
@@ -311,8 +252,7 @@ impl Read for ContentReader<'_> {
 /// The newc header holds a 32-bit mtime. Checked before either archive is started, so
 /// `write_both` never commits a tarball for a build whose cpio cannot exist.
 fn cpio_mtime(mtime: u64) -> Result<u32> {
-    u32::try_from(mtime)
-        .map_err(|_| anyhow::anyhow!("mtime {mtime} is after 2106 and does not fit a cpio header"))
+    u32::try_from(mtime).map_err(|_| anyhow::anyhow!("mtime {mtime} is after 2106 and does not fit a cpio header"))
 }
 
 #[cfg(test)]
@@ -321,33 +261,17 @@ mod tests {
     use crate::overlay::Origin;
 
     fn rendered() -> Origin {
-        Origin::Rendered {
-            renderer: "test".into(),
-        }
+        Origin::Rendered { renderer: "test".into() }
     }
 
     fn sample() -> Overlay {
         let mut o = Overlay::new();
-        o.add_file(
-            "etc/crictl.yaml",
-            0o644,
-            Content::Inline(b"runtime-endpoint: x\n".to_vec()),
-            rendered(),
-        )
-        .unwrap();
-        o.add_file(
-            "usr/local/bin/ctr",
-            0o755,
-            Content::Inline(vec![0x7f; 3000]),
-            rendered(),
-        )
-        .unwrap();
-        o.add_symlink("usr/local/bin/k", "/usr/bin/kubectl", rendered())
-            .unwrap();
+        o.add_file("etc/crictl.yaml", 0o644, Content::Inline(b"runtime-endpoint: x\n".to_vec()), rendered()).unwrap();
+        o.add_file("usr/local/bin/ctr", 0o755, Content::Inline(vec![0x7f; 3000]), rendered()).unwrap();
+        o.add_symlink("usr/local/bin/k", "/usr/bin/kubectl", rendered()).unwrap();
         o.add_dir("etc/secret", 0o700, rendered()).unwrap();
         let long = format!("opt/{}/file", "d".repeat(120));
-        o.add_file(&long, 0o600, Content::Inline(Vec::new()), rendered())
-            .unwrap();
+        o.add_file(&long, 0o600, Content::Inline(Vec::new()), rendered()).unwrap();
         o
     }
 
@@ -371,24 +295,13 @@ mod tests {
             assert_eq!(h.username().unwrap(), Some("root"));
             assert_eq!(h.mtime().unwrap(), 1_700_000_000);
             let link = e.link_name().unwrap().map(|l| l.display().to_string());
-            seen.push((
-                e.path().unwrap().display().to_string(),
-                h.mode().unwrap(),
-                link,
-            ));
+            seen.push((e.path().unwrap().display().to_string(), h.mode().unwrap(), link));
         }
         let long = format!("opt/{}/file", "d".repeat(120));
         assert_eq!(seen[0], ("etc/".into(), 0o755, None));
         assert_eq!(seen[2], ("etc/secret/".into(), 0o700, None));
         assert!(seen.contains(&(long, 0o600, None)), "{seen:?}");
-        assert_eq!(
-            seen.last().unwrap(),
-            &(
-                "usr/local/bin/k".into(),
-                0o777,
-                Some("/usr/bin/kubectl".into())
-            )
-        );
+        assert_eq!(seen.last().unwrap(), &("usr/local/bin/k".into(), 0o777, Some("/usr/bin/kubectl".into())));
         assert_eq!(seen.len(), sample().len());
     }
 
@@ -414,29 +327,14 @@ mod tests {
                 rest = r.finish().unwrap();
                 break;
             }
-            seen.push((
-                e.name().to_owned(),
-                e.ino(),
-                e.mode(),
-                e.mtime(),
-                e.file_size(),
-            ));
+            seen.push((e.name().to_owned(), e.ino(), e.mode(), e.mtime(), e.file_size()));
             rest = r.finish().unwrap();
         }
         assert!(rest.is_empty(), "bytes after the trailer");
         assert_eq!(bytes.len() % 4, 0);
         assert_eq!(seen[0], ("etc".into(), 1, 0o040755, 9, 0));
         assert_eq!(seen[1], ("etc/crictl.yaml".into(), 2, 0o100644, 9, 20));
-        assert_eq!(
-            seen.last().unwrap(),
-            &(
-                "usr/local/bin/k".into(),
-                sample().len() as u32,
-                0o120777,
-                9,
-                16
-            )
-        );
+        assert_eq!(seen.last().unwrap(), &("usr/local/bin/k".into(), sample().len() as u32, 0o120777, 9, 16));
     }
 
     #[test]
@@ -446,27 +344,14 @@ mod tests {
         std::fs::write(&path, b"original").unwrap();
         let sha256 = Sha256Hex(Sha256::digest(b"original").into());
         let mut o = Overlay::new();
-        o.add_file(
-            "usr/bin/blob",
-            0o755,
-            Content::OnDisk {
-                path: path.clone(),
-                size: 8,
-                sha256,
-            },
-            rendered(),
-        )
-        .unwrap();
+        o.add_file("usr/bin/blob", 0o755, Content::OnDisk { path: path.clone(), size: 8, sha256 }, rendered()).unwrap();
         assert!(write_cpio(&o, Vec::new(), 0, &Interrupt::default()).is_ok());
         std::fs::write(&path, b"changed!").unwrap();
         for err in [
             write_tar(&o, Vec::new(), 0, &Interrupt::default()).unwrap_err(),
             write_cpio(&o, Vec::new(), 0, &Interrupt::default()).unwrap_err(),
         ] {
-            assert!(
-                format!("{err:#}").contains("changed during the build"),
-                "{err:#}"
-            );
+            assert!(format!("{err:#}").contains("changed during the build"), "{err:#}");
         }
     }
 
@@ -475,10 +360,7 @@ mod tests {
         let interrupt = Interrupt::default();
         interrupt.set();
         let err = write_tar(&sample(), Vec::new(), 0, &interrupt).unwrap_err();
-        assert!(
-            err.chain().any(|e| e.to_string().contains("interrupted")),
-            "{err:#}"
-        );
+        assert!(err.chain().any(|e| e.to_string().contains("interrupted")), "{err:#}");
         assert!(write_cpio(&sample(), Vec::new(), 0, &interrupt).is_err());
     }
 }

@@ -65,10 +65,10 @@ fn is_domain(d: &str) -> bool {
         Some((h, p)) if !h.contains(']') || h.ends_with(']') => (h, Some(p)),
         _ => (d, None),
     };
-    if let Some(p) = port {
-        if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
-            return false;
-        }
+    if let Some(p) = port
+        && (p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return false;
     }
     if host.starts_with('[') && host.ends_with(']') {
         return host[1..host.len() - 1].parse::<std::net::Ipv6Addr>().is_ok();

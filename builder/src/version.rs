@@ -54,10 +54,10 @@ impl FromStr for Version {
             Some(_) => return Err(err("empty pre-release after `-`")),
             None => (s, None),
         };
-        if let Some(pre) = &pre {
-            if !pre.chars().all(|c| c.is_ascii_alphanumeric() || c == '.') {
-                return Err(err("pre-release may hold only letters, digits and dots"));
-            }
+        if let Some(pre) = &pre
+            && !pre.chars().all(|c| c.is_ascii_alphanumeric() || c == '.')
+        {
+            return Err(err("pre-release may hold only letters, digits and dots"));
         }
         let mut parts = core.split('.');
         let mut next = |what| -> Result<u64, VersionError> {

@@ -3,6 +3,8 @@
 //! Archives are crafted here byte by byte (ustar headers written by hand), because a
 //! well-behaved tar writer refuses to produce most of the attacks being tested.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::Path;
