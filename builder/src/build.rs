@@ -146,11 +146,11 @@ pub fn build(
     interrupt: &Interrupt,
 ) -> Result<BuildReport> {
     let p = &loaded.profile;
-    fs::create_dir_all(&opts.out).with_context(|| format!("creating {}", opts.out.display()))?;
-    output::sweep_stale(&opts.out)?;
-
+    // Fetch first: a download that fails must not even create the output directory.
     let sources = fetch_sources(loaded, fetcher)?;
     interrupt.check()?;
+    fs::create_dir_all(&opts.out).with_context(|| format!("creating {}", opts.out.display()))?;
+    output::sweep_stale(&opts.out)?;
 
     let work = tempfile::Builder::new()
         .prefix(TEMP_PREFIX)

@@ -37,6 +37,16 @@ impl std::fmt::Display for Stage {
     }
 }
 
+/// Marks an error whose details were already printed as the command's JSON result.
+#[derive(Debug)]
+struct Reported;
+
+impl std::fmt::Display for Reported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("reported above")
+    }
+}
+
 static INTERRUPT: OnceLock<Interrupt> = OnceLock::new();
 
 fn interrupt() -> &'static Interrupt {
@@ -111,7 +121,10 @@ fn run_check(c: &CheckConfig, json: bool) -> Result<()> {
     }
     if failed {
         let n = findings.iter().filter(|f| f.severity == Severity::Error || c.strict).count();
-        return Err(anyhow::anyhow!("{} finding(s) refuse {}", n, loaded.path.display()).context(Stage::Profile));
+        let e = anyhow::anyhow!("{} finding(s) refuse {}", n, loaded.path.display());
+        // The JSON document above is the whole answer; a second one would break parsers.
+        let e = if json { e.context(Reported) } else { e };
+        return Err(e.context(Stage::Profile));
     }
     Ok(())
 }
@@ -211,6 +224,9 @@ pub fn report_error(e: &anyhow::Error, json: bool) -> ExitCode {
         }
     };
     let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+    if e.downcast_ref::<Reported>().is_some() {
+        return ExitCode::from(code);
+    }
     if json {
         let stage = e.downcast_ref::<Stage>().map(|s| s.to_string());
         println!("{}", json!({ "error": chain.join(": "), "stage": stage, "exit_code": code }));

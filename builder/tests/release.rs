@@ -6,83 +6,15 @@
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::path::Path;
 
-use flate2::Compression;
-use flate2::write::GzEncoder;
+mod common;
+
+use common::craft::{elf, file, good_entries, gz, tar, with};
 use nodeforge::io::Interrupt;
 use nodeforge::profile::Arch;
 use nodeforge::release::{BundleRequest, Limits, Selection, UnsafeArchive, select_bundle};
 use nodeforge::version::Version;
-
-fn header(name: &str, typeflag: u8, link: &str, size: usize, mode: u32) -> [u8; 512] {
-    let mut h = [0u8; 512];
-    h[..name.len()].copy_from_slice(name.as_bytes());
-    h[100..107].copy_from_slice(format!("{mode:07o}").as_bytes());
-    h[108..115].copy_from_slice(b"0000000");
-    h[116..123].copy_from_slice(b"0000000");
-    h[124..135].copy_from_slice(format!("{size:011o}").as_bytes());
-    h[136..147].copy_from_slice(b"00000000000");
-    h[156] = typeflag;
-    h[157..157 + link.len()].copy_from_slice(link.as_bytes());
-    h[257..263].copy_from_slice(b"ustar\0");
-    h[263..265].copy_from_slice(b"00");
-    h[148..156].copy_from_slice(b"        ");
-    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
-    h[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
-    h
-}
-
-/// A tar stream from (name, typeflag, link target, data).
-fn tar(entries: &[(&str, u8, &str, Vec<u8>)]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (name, t, link, data) in entries {
-        out.extend_from_slice(&header(name, *t, link, data.len(), 0o755));
-        out.extend_from_slice(data);
-        out.resize(out.len().div_ceil(512) * 512, 0);
-    }
-    out.extend_from_slice(&[0u8; 1024]);
-    out
-}
-
-fn gz(data: &[u8]) -> Vec<u8> {
-    let mut e = GzEncoder::new(Vec::new(), Compression::fast());
-    e.write_all(data).unwrap();
-    e.finish().unwrap()
-}
-
-fn elf(machine: u16) -> Vec<u8> {
-    let mut b = vec![0u8; 64];
-    b[..4].copy_from_slice(b"\x7fELF");
-    b[18..20].copy_from_slice(&machine.to_le_bytes());
-    b
-}
-
-fn file(name: &'static str, data: Vec<u8>) -> (&'static str, u8, &'static str, Vec<u8>) {
-    (name, b'0', "", data)
-}
-
-/// The members of a minimal but complete bundle.
-fn good_entries() -> Vec<(&'static str, u8, &'static str, Vec<u8>)> {
-    let mut v = vec![("etc/", b'5', "", vec![]), file("etc/crictl.yaml", b"runtime-endpoint: x\n".to_vec())];
-    for b in [
-        "usr/local/bin/containerd",
-        "usr/local/bin/containerd-shim-runc-v2",
-        "usr/local/bin/ctr",
-        "usr/local/bin/crictl",
-        "usr/local/bin/critest",
-        "usr/local/sbin/runc",
-        "opt/cni/bin/bridge",
-        "opt/cni/bin/host-local",
-        "opt/cni/bin/loopback",
-        "opt/cni/bin/portmap",
-    ] {
-        v.push(file(b, elf(62)));
-    }
-    v.push(file("opt/containerd/cluster/version", b"CONTAINERD_VERSION: '1.7.27'\n".to_vec()));
-    v
-}
 
 fn run(archive_bytes: &[u8], limits: Limits) -> (anyhow::Result<Selection>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -96,7 +28,7 @@ fn run(archive_bytes: &[u8], limits: Limits) -> (anyhow::Result<Selection>, temp
     (r, dir)
 }
 
-fn refused(entries: Vec<(&'static str, u8, &'static str, Vec<u8>)>) -> anyhow::Error {
+fn refused(entries: Vec<common::craft::RawEntry>) -> anyhow::Error {
     run(&gz(&tar(&entries)), Limits::default()).0.expect_err("archive was accepted")
 }
 
@@ -110,12 +42,6 @@ fn a_good_bundle_keeps_node_binaries_and_drops_the_rest() {
     assert!(!kept.iter().any(|k| k.contains("critest") || k.starts_with("etc/") || k.starts_with("opt/containerd")));
     assert!(sel.skipped.contains(&"etc/crictl.yaml".to_owned()));
     assert!(sel.files.iter().all(|f| f.mode == 0o755));
-}
-
-fn with(extra: (&'static str, u8, &'static str, Vec<u8>)) -> Vec<(&'static str, u8, &'static str, Vec<u8>)> {
-    let mut v = good_entries();
-    v.push(extra);
-    v
 }
 
 #[test]
