@@ -285,3 +285,71 @@ fn render_writes_the_generated_files_without_downloading() {
     }
     assert!(!tmp.path().join("cache").exists(), "render must not touch the download cache");
 }
+
+/// The first-boot unit, run for real: the built overlay's own containerd started on the
+/// overlay's config.toml, then every `ExecStart=` of nodeforge-preload-images.service run
+/// with the overlay's `ctr` (only the socket and the root prefix are changed), and the
+/// result read back from containerd.
+#[test]
+fn the_preload_unit_imports_and_pins_the_images_into_a_real_containerd() {
+    use common::containerd::{is_root, run, start_containerd_ready};
+    assert!(is_root(), "starting a real containerd needs root");
+    let st = standin();
+    let server = TestServer::start();
+    server.serve_dir("", &st.mirror);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let o = nodeforge(
+        &["build", "--profile", s(&st.profile), "--mirror", &server.base(), "--out", s(&out)],
+        &tmp.path().join("cache"),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let node = tmp.path().join("node");
+    fs::create_dir(&node).unwrap();
+    let t = Command::new("tar").args(["-xzf", s(&out.join("overlay.tar.gz")), "-C", s(&node)]).output().unwrap();
+    assert!(t.status.success(), "{}", text(&t));
+
+    let daemon_dir = tmp.path().join("daemon");
+    fs::create_dir(&daemon_dir).unwrap();
+    let (daemon, socket) = start_containerd_ready(
+        &node.join("usr/local/bin/containerd"),
+        &node.join("etc/containerd/config.toml"),
+        &daemon_dir,
+    );
+    let unit = fs::read_to_string(node.join("etc/systemd/system/nodeforge-preload-images.service")).unwrap();
+    let wanted = node.join("etc/systemd/system/multi-user.target.wants/nodeforge-preload-images.service");
+    assert!(fs::symlink_metadata(&wanted).is_ok(), "the preload unit is not enabled");
+    let steps: Vec<&str> = unit.lines().filter_map(|l| l.strip_prefix("ExecStart=")).collect();
+    assert!(steps.len() >= 3, "{unit}");
+    for step in steps {
+        let mut argv: Vec<String> = step.split_whitespace().map(str::to_owned).collect();
+        // Paths on the node become paths under the extracted overlay; a program the overlay
+        // does not carry (touch) is the base system's.
+        for (i, a) in argv.iter_mut().enumerate().filter(|(_, a)| a.starts_with('/')) {
+            let inside = format!("{}{a}", node.display());
+            if i > 0 || Path::new(&inside).exists() {
+                *a = inside;
+            }
+        }
+        let mut cmd = Command::new(&argv[0]);
+        if argv[0].ends_with("/ctr") {
+            cmd.arg("--address").arg(&socket);
+        }
+        let r = run(cmd.args(&argv[1..]), Duration::from_secs(60));
+        assert!(r.status.success(), "{step}: {}", text(&r));
+    }
+    let ctr = node.join("usr/local/bin/ctr");
+    let ls = run(
+        Command::new(&ctr).arg("--address").arg(&socket).args(["-n", "k8s.io", "images", "ls"]),
+        Duration::from_secs(10),
+    );
+    let table = String::from_utf8_lossy(&ls.stdout);
+    let pause =
+        table.lines().find(|l| l.starts_with("registry.k8s.io/pause:3.9 ")).unwrap_or_else(|| panic!("{table}"));
+    assert!(pause.contains("io.cri-containerd.pinned=pinned"), "sandbox image not pinned: {pause}");
+    assert!(table.lines().any(|l| l.starts_with("nodeforge.test/busybox:1 ")), "{table}");
+    // The stamp makes the unit skip itself on the next boot.
+    let condition = unit.lines().find_map(|l| l.strip_prefix("ConditionPathExists=!")).expect("a stamp condition");
+    assert!(node.join(condition.trim_start_matches('/')).exists(), "stamp {condition} not written");
+    drop(daemon);
+}

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# `make demo`: the main job end to end, offline.
+#   1. build the stand-in containerd release from Debian packages, laid out like GitHub's;
+#   2. serve it from a real HTTP server on 127.0.0.1;
+#   3. `nodeforge check` and `nodeforge build --mirror` against it (the GitHub code path);
+#   4. verify and show what was built.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${NODEFORGE_DEMO_DIR:-out/demo}
+mkdir -p "$out"
+say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+
+say "installing what is missing"
+bash scripts/install-deps.sh
+
+say "building nodeforge"
+cargo build --release --locked -q -p nodeforge
+nf=$PWD/target/release/nodeforge
+
+say "building the offline stand-in release mirror"
+bash fixtures/standin/build-standin.sh "$out/mirror"
+
+say "serving it on 127.0.0.1"
+portfile=$(mktemp)
+python3 - "$out/mirror" "$portfile" <<'PY' &
+import functools, http.server, sys
+handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=sys.argv[1])
+class Quiet(handler.func):
+    def log_message(self, *a): pass
+srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=sys.argv[1]))
+open(sys.argv[2], "w").write(str(srv.server_address[1]))
+srv.serve_forever()
+PY
+server=$!
+trap 'kill $server 2>/dev/null; rm -f "$portfile"' EXIT
+for _ in $(seq 100); do [ -s "$portfile" ] && break; sleep 0.05; done
+mirror="http://127.0.0.1:$(cat "$portfile")"
+echo "mirror: $mirror"
+
+say "nodeforge check"
+"$nf" check --profile "$out/mirror/standin.toml"
+
+say "nodeforge build --mirror $mirror"
+NODEFORGE_CACHE_DIR="$out/cache" "$nf" build --profile "$out/mirror/standin.toml" --mirror "$mirror" --out "$out/node"
+
+say "verifying the artifacts"
+(cd "$out/node" && sha256sum -c SHA256SUMS)
+blkid -p "$out/node/seed.img" || true
+
+say "the overlay (unpack at / with: tar --no-overwrite-dir -C / -xzf $out/node/overlay.tar.gz)"
+tar -tzvf "$out/node/overlay.tar.gz" | grep -v '/$'
+
+say "its containerd config"
+tar -xzOf "$out/node/overlay.tar.gz" etc/containerd/config.toml
+
+printf '\nartifacts in %s: %s\n' "$out/node" "$(cd "$out/node" && echo *)"
