@@ -49,13 +49,13 @@ pub struct ProfileArg {
 pub struct NetConfig {
     /// Replace the scheme and host of every upstream URL (for mirrors that keep the release
     /// path layout). Digests stay pinned.
-    #[arg(long, env = "NODEFORGE_MIRROR", value_name = "URL")]
+    #[arg(long, env = "NODEFORGE_MIRROR", value_name = "URL", hide_env_values = true)]
     pub mirror: Option<Url>,
     /// The download cache (default: $XDG_CACHE_HOME/nodeforge).
-    #[arg(long, env = "NODEFORGE_CACHE_DIR", value_name = "DIR")]
+    #[arg(long, env = "NODEFORGE_CACHE_DIR", value_name = "DIR", hide_env_values = true)]
     pub cache_dir: Option<PathBuf>,
     /// An extra PEM root certificate to trust, for a mirror with an internal CA.
-    #[arg(long, env = "NODEFORGE_CA_CERT", value_name = "FILE")]
+    #[arg(long, env = "NODEFORGE_CA_CERT", value_name = "FILE", hide_env_values = true)]
     pub ca_cert: Option<PathBuf>,
     /// Refuse any single download larger than this many bytes.
     #[arg(long, value_name = "BYTES", default_value_t = 2 << 30)]
@@ -81,7 +81,7 @@ pub struct BuildConfig {
     pub net: NetConfig,
     /// Timestamp for every archive entry (seconds since the epoch); fixed by default so builds
     /// are reproducible.
-    #[arg(long, env = "SOURCE_DATE_EPOCH", value_name = "SECONDS")]
+    #[arg(long, env = "SOURCE_DATE_EPOCH", value_name = "SECONDS", hide_env_values = true)]
     pub source_date_epoch: Option<u64>,
     /// Refuse a release that expands to more than this many bytes.
     #[arg(long, value_name = "BYTES", default_value_t = 4 << 30)]
