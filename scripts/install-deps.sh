@@ -29,12 +29,17 @@ want gzip gzip
 want sha256sum coreutils
 want cc gcc
 
+# The fixtures `apt-get download` the current Debian packages, and a superseded version is
+# gone from the mirror: refresh package lists older than six hours (or missing).
+if [ -z "$(find /var/lib/apt/lists -maxdepth 1 -name '*_Packages*' -mmin -360 2>/dev/null | head -n 1)" ]; then
+  echo "install-deps: refreshing apt package lists" >&2
+  apt-get update -qq
+fi
+
 if ((${#need[@]})); then
-  # Deduplicate, then install. The package lists may be stale on a fresh machine.
   mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
   echo "install-deps: installing ${need[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 

@@ -54,6 +54,8 @@ fn cached_blobs(cache: &Path) -> Vec<String> {
 /// A copy of the stand-in profile with its bundle pointed at `url` and pinned to `sha256`.
 fn profile_variant(dir: &Path, name: &str, url: Option<&str>, sha256: &str) -> PathBuf {
     let base = fs::read_to_string(&standin().profile).unwrap();
+    // The bundle only: the image archives sit beside the original profile.
+    let base = base.split("\n[[image]]").next().unwrap();
     let mut out = String::new();
     for line in base.lines() {
         if line.starts_with("sha256 = ") {
