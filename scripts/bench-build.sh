@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
 work=${NODEFORGE_BENCH_DIR:-out/bench}
-rm -rf "$work"; mkdir -p "$work"
+rm -rf "$work"; mkdir -p "$work"; work=$(cd "$work" && pwd)
 command -v /usr/bin/time >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq time >/dev/null; }
 
 cargo build --release --locked -q -p nodeforge
@@ -45,7 +45,8 @@ mkdir -p "$work/rendered/var/lib/nodeforge/images"
 cp "$work"/mirror/images/*.tar "$work/rendered/var/lib/nodeforge/images/"
 
 pipeline() {
-	local out=$1 stage=$out.stage
+	local out=$1
+	local stage=$out.stage
 	rm -rf "$out" "$stage"; mkdir -p "$out" "$stage"
 	(cd "$(dirname "$bundle")" && sha256sum --quiet -c "$(basename "$bundle").sha256sum")
 	tar -xzf "$bundle" -C "$stage" usr/local/bin usr/local/sbin opt/cni/bin \
@@ -65,7 +66,7 @@ for i in $(seq "$rounds"); do
 	rm -rf "$work/nf-out"
 	/usr/bin/time -f '%e %M' -o "$work/t" "$nf" build --profile "$profile" --mirror "$mirror" --out "$work/nf-out" >/dev/null
 	read -r t m <"$work/t"; nf_t+=("$t"); nf_m+=("$m")
-	/usr/bin/time -f '%e %M' -o "$work/t" bash -c 'pipeline "$work/sh-out"'
+	/usr/bin/time -f '%e %M' -o "$work/t" bash -c 'set -euo pipefail; pipeline "$work/sh-out"'
 	read -r t m <"$work/t"; sh_t+=("$t"); sh_m+=("$m")
 	echo "round $i: nodeforge ${nf_t[-1]} s ${nf_m[-1]} KiB | pipeline ${sh_t[-1]} s ${sh_m[-1]} KiB (largest single process)"
 done
