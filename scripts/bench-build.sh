@@ -21,20 +21,8 @@ profile=$work/mirror/standin.toml
 . "$work/mirror/standin.env"
 bundle=$work/mirror/$STANDIN_TARBALL
 
-# A file:// style mirror is not supported on purpose (one code path); serve over loopback.
-portfile=$(mktemp)
-python3 - "$work/mirror" "$portfile" <<'PY' &
-import functools, http.server, sys
-class Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *a): pass
-srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=sys.argv[1]))
-open(sys.argv[2], "w").write(str(srv.server_address[1]))
-srv.serve_forever()
-PY
-server=$!
-trap 'kill $server 2>/dev/null; rm -f "$portfile"' EXIT
-for _ in $(seq 100); do [ -s "$portfile" ] && break; sleep 0.05; done
-mirror="http://127.0.0.1:$(cat "$portfile")"
+# Served over loopback HTTP: nodeforge has one download path, the one GitHub uses.
+. scripts/serve-mirror.sh "$work/mirror"
 export NODEFORGE_CACHE_DIR=$work/cache
 "$nf" fetch --profile "$profile" --mirror "$mirror" >/dev/null   # warm the cache
 

@@ -21,20 +21,7 @@ say "building the offline stand-in release mirror"
 bash fixtures/standin/build-standin.sh "$out/mirror"
 
 say "serving it on 127.0.0.1"
-portfile=$(mktemp)
-python3 - "$out/mirror" "$portfile" <<'PY' &
-import functools, http.server, sys
-handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=sys.argv[1])
-class Quiet(handler.func):
-    def log_message(self, *a): pass
-srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=sys.argv[1]))
-open(sys.argv[2], "w").write(str(srv.server_address[1]))
-srv.serve_forever()
-PY
-server=$!
-trap 'kill $server 2>/dev/null; rm -f "$portfile"' EXIT
-for _ in $(seq 100); do [ -s "$portfile" ] && break; sleep 0.05; done
-mirror="http://127.0.0.1:$(cat "$portfile")"
+. scripts/serve-mirror.sh "$out/mirror"
 echo "mirror: $mirror"
 
 say "nodeforge check"

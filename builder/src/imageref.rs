@@ -5,8 +5,6 @@
 use std::fmt;
 use std::str::FromStr;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
 /// A fully qualified image reference: every field is explicit after parsing, the way
 /// containerd's CRI plugin normalises it (`pause:3.9` → `docker.io/library/pause:3.9`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -161,18 +159,7 @@ impl fmt::Display for ImageRef {
     }
 }
 
-impl Serialize for ImageRef {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for ImageRef {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
+crate::serde_via_str!(ImageRef);
 
 #[cfg(test)]
 mod tests {

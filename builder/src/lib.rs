@@ -6,6 +6,27 @@
 //! that the writers in [`archive`], [`seed`] and [`manifest`] serialise. [`build`] runs the
 //! whole path.
 
+/// Implement `Serialize`/`Deserialize` through `Display`/`FromStr`, for values that have one
+/// canonical spelling (versions, image references, digests).
+#[macro_export]
+#[doc(hidden)]
+macro_rules! serde_via_str {
+    ($t:ty) => {
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <String as serde::Deserialize>::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
 pub mod archive;
 pub mod build;
 pub mod check;

@@ -234,17 +234,7 @@ impl std::str::FromStr for Sha256Hex {
     }
 }
 
-impl Serialize for Sha256Hex {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for Sha256Hex {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
-    }
-}
+crate::serde_via_str!(Sha256Hex);
 
 /// A Go `time.Duration` string as the kubelet parses it (`90s`, `2m`, `1h30m`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
