@@ -63,6 +63,20 @@ fn a_passing_run_reports_every_stage_and_leaves_the_image_alone() {
 }
 
 #[test]
+fn netboot_appends_the_overlay_cpio() {
+    let a = FakeArtifacts::new(Scenario::Pass);
+    let out = a.netboot_command().output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let r = a.report();
+    assert_eq!((r["verdict"].as_str(), r["mode"].as_str()), (Some("pass"), Some("netboot")));
+    assert!(!r["qemu_command"].as_str().unwrap().contains("virtio-blk-pci,drive=disk0"));
+    // The agent's check is live: a cpio without the marker in place of the overlay fails.
+    let out = a.netboot_command().arg("--overlay").arg(a.path("initrd.img")).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(a.report()["failure"]["message"].as_str().unwrap().contains("overlay cpio was not appended"));
+}
+
+#[test]
 fn a_failing_stage_stops_the_run_with_its_message() {
     let a = FakeArtifacts::new(Scenario::FailContainerd);
     let (out, _) = run(&a, &[]);

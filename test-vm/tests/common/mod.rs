@@ -55,6 +55,9 @@ pass() { emit "$1" start ""; emit "$1" pass "${2:-ok}" "$3"; }
 # expect.json arrived through the hook: the agent reads its expectations from there.
 driver=$(sed -n 's/.*"cgroup_driver": "\([a-z]*\)".*/\1/p' "$1")
 [ -f /run/systemd/system/multi-user.target.wants/nodeforge-agent.service ] || { emit boot fail "units missing"; exit 1; }
+if grep -q nodeforge.netboot=1 /proc/cmdline && [ ! -f /etc/overlay-marker ]; then
+  emit boot fail "netboot, but the overlay cpio was not appended"; exit 1
+fi
 pass boot "reached default target" "{\"cgroup_driver\":\"$driver\"}"
 "#;
 
@@ -123,6 +126,12 @@ impl FakeArtifacts {
             o.add_dir(dir, 0o755, origin()).unwrap();
         }
         test_vm::initrd::write_cpio_gz(&o, &d.join("initrd.img")).unwrap();
+        // Netboot artifacts: the same tree as the root filesystem, and an overlay cpio that
+        // the fake agent looks for.
+        std::fs::copy(d.join("initrd.img"), d.join("rootfs.cpio.gz")).unwrap();
+        let mut overlay = Overlay::new();
+        overlay.add_file("etc/overlay-marker", 0o644, Content::Inline(b"overlay\n".to_vec()), origin()).unwrap();
+        test_vm::initrd::write_cpio_gz(&overlay, &d.join("overlay.cpio.gz")).unwrap();
 
         let agent = d.join("fake-agent.sh");
         std::fs::write(&agent, agent_script(scenario)).unwrap();
@@ -154,11 +163,25 @@ impl FakeArtifacts {
     }
 
     pub fn command_with_accel(&self, accel: &str) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_test-vm"));
-        c.arg("boot");
-        c.arg("--kernel").arg(self.path("vmlinuz"));
+        let mut c = self.base_command(accel);
         c.arg("--initrd").arg(self.path("initrd.img"));
         c.arg("--disk").arg(self.path("disk.qcow2"));
+        c
+    }
+
+    /// Netboot: `rootfs.cpio.gz` as the initrd, `overlay.cpio.gz` found beside it.
+    pub fn netboot_command(&self) -> Command {
+        let mut c = self.base_command("tcg");
+        c.arg("--initrd").arg(self.path("rootfs.cpio.gz")).arg("--netboot");
+        c
+    }
+
+    fn base_command(&self, accel: &str) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_test-vm"));
+        // Work directories (kept by failed runs) go inside the artifacts dir, removed with it.
+        c.env("TMPDIR", self.dir.path());
+        c.arg("boot");
+        c.arg("--kernel").arg(self.path("vmlinuz"));
         c.arg("--seed").arg(self.path("seed.img"));
         c.arg("--agent").arg(self.path("fake-agent.sh"));
         c.arg("--json").arg(self.path("report.json"));
