@@ -87,14 +87,10 @@ pub fn summary(r: &Report) -> String {
         let _ = writeln!(out, "  {:<15} {took:>8}  {verdict}{msg}", s.name);
     }
     let total = r.total_ms as f64 / 1000.0;
-    match (&r.failure, r.verdict) {
-        (Some(f), _) => {
-            let _ = writeln!(out, "verdict: FAIL at stage {} after {total:.1} s", f.stage);
-        }
-        (None, _) => {
-            let _ = writeln!(out, "verdict: PASS in {total:.1} s");
-        }
-    }
+    let _ = match &r.failure {
+        Some(f) => writeln!(out, "verdict: FAIL at stage {} after {total:.1} s", f.stage),
+        None => writeln!(out, "verdict: PASS in {total:.1} s"),
+    };
     out
 }
 

@@ -106,7 +106,7 @@ pub fn boot(cfg: &BootConfig, interrupt: &Interrupt) -> Result<Outcome> {
 
     let serial_log = cfg.serial_log.clone().unwrap_or_else(|| work.join("serial.log"));
     let agent_log = work.join("agent.jsonl");
-    let mut guest = Guest {
+    let guest = Guest {
         kernel: cfg.kernel.clone(),
         initrd: run_initrd,
         cmdline: cfg.cmdline(),
@@ -137,7 +137,6 @@ pub fn boot(cfg: &BootConfig, interrupt: &Interrupt) -> Result<Outcome> {
         for log in [&serial_log, &agent_log] {
             let _ = std::fs::remove_file(log);
         }
-        guest.cmdline = cfg.cmdline();
         let args = guest.args(accel);
         qemu_command = qemu::shell_line(cfg.qemu.as_os_str(), &args);
         let end = attempt(cfg, &args, &work, accel, probing, &mut tracker, run_start, deadline, interrupt)?;
