@@ -9,6 +9,9 @@
 #   cpio                  GNU cpio reads the overlay cpio
 #   dpkg-dev / apt        `apt-get download` + `dpkg-deb -x` build the offline stand-in release
 #   python3               serves the stand-in mirror over HTTP in `make demo`
+#   qemu-system-x86       test-vm boots guests (the fake guest in its tests, node images)
+#   qemu-utils            qemu-img: test-vm's per-run copy-on-write disk layer
+#   util-linux            setpriv --pdeathsig: QEMU dies with a SIGKILLed test-vm
 set -euo pipefail
 
 need=()
@@ -28,6 +31,9 @@ want python3 python3
 want gzip gzip
 want sha256sum coreutils
 want cc gcc
+want qemu-system-x86_64 qemu-system-x86
+want qemu-img qemu-utils
+want setpriv util-linux
 
 # The fixtures `apt-get download` the current Debian packages, and a superseded version is
 # gone from the mirror: refresh package lists older than six hours (or missing).

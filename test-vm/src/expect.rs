@@ -1,0 +1,97 @@
+//! What the node is expected to be, read from the `manifest.json` nodeforge wrote beside the
+//! artifacts, through the nodeforge library so the harness and the builder cannot disagree
+//! about defaults (the sandbox image, the CRI API of a containerd line).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use nodeforge::profile::Profile;
+use nodeforge::{compat, render};
+
+use crate::protocol::{AGENT_STAGES, Expectations};
+
+/// The endpoint nodeforge renders into containerd, crictl and the kubelet drop-in.
+pub const CRI_ENDPOINT: &str = "unix:///run/containerd/containerd.sock";
+
+/// The agent's per-stage limits in seconds, sized for TCG on two cores (vm-facts: cloud-init
+/// finishes ~40 s after boot, a first pod takes 3–7 s, containerd starts in under a second).
+pub fn default_stage_timeouts() -> BTreeMap<String, u64> {
+    let limits = [120, 120, 90, 60, 120, 30];
+    AGENT_STAGES.iter().zip(limits).map(|(s, t)| ((*s).to_owned(), t)).collect()
+}
+
+/// Read the profile back out of a build's manifest (`profile.profile` holds it with its
+/// defaults filled in).
+pub fn profile_from_manifest(path: &Path) -> Result<Profile> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut value: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    let profile = value
+        .pointer_mut("/profile/profile")
+        .map(serde_json::Value::take)
+        .with_context(|| format!("{} has no profile.profile: is it a nodeforge manifest.json?", path.display()))?;
+    serde_json::from_value(profile).with_context(|| format!("reading the profile recorded in {}", path.display()))
+}
+
+pub fn expectations(profile: &Profile) -> Expectations {
+    let containerd = &profile.containerd.version;
+    Expectations {
+        cri_endpoint_default: CRI_ENDPOINT.to_owned(),
+        sandbox_image: render::sandbox_image(profile).to_string(),
+        images: profile.images.iter().map(|i| i.reference.to_string()).collect(),
+        cni_subnet: profile.node.cni_subnet.to_string(),
+        cgroup_driver: profile.node.cgroup_driver.to_string(),
+        cri_api: compat::containerd_cri_api(containerd).as_str().to_owned(),
+        containerd_version: containerd.to_string(),
+        stage_timeouts_s: default_stage_timeouts(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(node: &str) -> tempfile::NamedTempFile {
+        let profile = format!(
+            "name = \"t\"\n[kubernetes]\nversion = \"1.30.2\"\n[containerd]\nversion = \"1.6.20\"\n\
+             [containerd.bundle]\nsha256 = \"{}\"\n{node}",
+            "a".repeat(64)
+        );
+        let p = Profile::parse(&profile).unwrap();
+        let doc = serde_json::json!({"nodeforge_version": "0.1.0", "profile": {"name": "t", "profile": p}});
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), serde_json::to_vec(&doc).unwrap()).unwrap();
+        f
+    }
+
+    #[test]
+    fn defaults_come_from_the_nodeforge_tables() {
+        let f = manifest("");
+        let e = expectations(&profile_from_manifest(f.path()).unwrap());
+        assert_eq!(e.sandbox_image, "registry.k8s.io/pause:3.9");
+        assert_eq!(e.cri_api, "v1");
+        assert_eq!(e.cgroup_driver, "systemd");
+        assert_eq!(e.cni_subnet, "10.88.0.0/16");
+        assert_eq!(e.containerd_version, "1.6.20");
+        assert_eq!(e.stage_timeouts_s["pod"], 120);
+    }
+
+    #[test]
+    fn profile_values_win() {
+        let f = manifest(
+            "[node]\ncgroup_driver = \"cgroupfs\"\ncni_subnet = \"10.99.0.0/16\"\nsandbox_image = \"example.com/p:1\"\n",
+        );
+        let e = expectations(&profile_from_manifest(f.path()).unwrap());
+        assert_eq!((e.cgroup_driver.as_str(), e.cni_subnet.as_str()), ("cgroupfs", "10.99.0.0/16"));
+        assert_eq!(e.sandbox_image, "example.com/p:1");
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_manifest_says_so() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), "{}").unwrap();
+        let err = profile_from_manifest(f.path()).unwrap_err();
+        assert!(format!("{err:#}").contains("no profile.profile"), "{err:#}");
+    }
+}

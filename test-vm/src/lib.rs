@@ -1,0 +1,19 @@
+//! test-vm: boot what nodeforge built in QEMU and check, stage by stage, that the node would
+//! run its pods on containerd.
+//!
+//! The path of a run reads straight through: [`cli`] flags → [`expect`] (what the node should
+//! be, from the build manifest) → [`initrd`] (the built initrd plus an archive carrying the
+//! agent) → [`qemu`] (the command line and the always-reaped process, under the accelerator
+//! [`accel`] picked) → [`run`] (watching [`serial`] output and the agent's [`protocol`] lines,
+//! advancing [`stages`]) → [`report`].
+
+pub mod accel;
+pub mod cli;
+pub mod expect;
+pub mod initrd;
+pub mod protocol;
+pub mod qemu;
+pub mod report;
+pub mod run;
+pub mod serial;
+pub mod stages;

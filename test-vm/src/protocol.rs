@@ -1,0 +1,87 @@
+//! The wire contract between the harness and the guest agent (`nodeforge-agent`).
+//!
+//! Until the agent crate lands, these are the harness's own minimal mirror of it; the two
+//! will be unified into one crate later. The harness is lenient where leniency is harmless
+//! (unknown fields in an event are ignored, `message` and `detail` may be missing) and strict
+//! where a mistake would hide a failure (an unknown `event` value is a protocol error).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The virtio-serial port name the agent writes its events to.
+pub const AGENT_PORT: &str = "org.nodeforge.agent";
+
+/// The stage name of the agent's final event.
+pub const DONE: &str = "done";
+
+/// The stages the agent runs, in order. The harness adds its own stage 0, `kernel`.
+pub const AGENT_STAGES: [&str; 6] = ["boot", "cloud-init", "containerd", "cri", "pod", "kubelet-config"];
+
+/// One line the agent writes: `{"stage": "...", "event": "start"|"pass"|"fail", ...}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentEvent {
+    pub stage: String,
+    pub event: EventKind,
+    /// Guest-side time since the agent started, in milliseconds.
+    #[serde(default)]
+    pub elapsed_ms: u64,
+    #[serde(default)]
+    pub message: String,
+    /// Stage-specific results: CRI `Version` fields, the pod IP, what a check compared.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub detail: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    Start,
+    Pass,
+    Fail,
+}
+
+impl AgentEvent {
+    /// Parse one line; blank lines are `Ok(None)`. Anything else that is not an event is an
+    /// error carrying the line, so a garbled channel is reported rather than waited out.
+    pub fn parse_line(line: &str) -> Result<Option<Self>, String> {
+        let line = line.trim();
+        if line.is_empty() {
+            return Ok(None);
+        }
+        serde_json::from_str(line).map(Some).map_err(|e| format!("agent sent an unreadable line ({e}): {line}"))
+    }
+}
+
+/// `expect.json`: what the agent checks the node against, derived from the build manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expectations {
+    pub cri_endpoint_default: String,
+    pub sandbox_image: String,
+    /// Every preloaded image reference, the sandbox image included.
+    pub images: Vec<String>,
+    pub cni_subnet: String,
+    pub cgroup_driver: String,
+    /// `v1` or `v1alpha2`.
+    pub cri_api: String,
+    pub containerd_version: String,
+    /// The agent's own per-stage limits; the harness allows a little more (see `run`).
+    pub stage_timeouts_s: BTreeMap<String, u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_parse_leniently_but_not_blindly() {
+        let e = AgentEvent::parse_line(r#"{"stage":"cri","event":"pass","elapsed_ms":5,"extra":1}"#).unwrap().unwrap();
+        assert_eq!(e.stage, "cri");
+        assert_eq!(e.event, EventKind::Pass);
+        assert!(e.detail.is_null() && e.message.is_empty());
+        assert_eq!(AgentEvent::parse_line("  \r").unwrap(), None);
+        assert!(AgentEvent::parse_line(r#"{"stage":"cri","event":"maybe"}"#).is_err());
+        assert!(AgentEvent::parse_line("[    1.0] garbage").unwrap_err().contains("garbage"));
+    }
+}
