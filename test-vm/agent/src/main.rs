@@ -31,6 +31,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let passed = rt.block_on(stages::run_all(&expect, &SystemRunner, &mut reporter));
+    let pod = stages::pod::PodOptions::default();
+    let passed = rt.block_on(stages::run_all(&expect, &SystemRunner, &mut reporter, &pod));
     if passed { ExitCode::SUCCESS } else { ExitCode::from(1) }
 }

@@ -102,15 +102,16 @@ struct Context {
 }
 
 /// Runs every stage in order, reporting each, and stops at the first failure. Returns
-/// whether the node passed.
-pub async fn run_all(expect: &Expect, runner: &dyn Runner, reporter: &mut Reporter) -> bool {
+/// whether the node passed. `pod` says where the probe pod's logs go (the guest uses
+/// [`pod::PodOptions::default`]).
+pub async fn run_all(expect: &Expect, runner: &dyn Runner, reporter: &mut Reporter, pod: &pod::PodOptions) -> bool {
     let mut ctx = Context::default();
     let mut passed = Vec::new();
     for stage in Stage::CHECKS {
         reporter.start(stage);
         let started = Instant::now();
         let budget = expect.stage_timeouts_s.get(stage);
-        let run = run_stage(stage, expect, runner, &mut ctx, Deadline::after(budget));
+        let run = run_stage(stage, expect, runner, &mut ctx, pod, Deadline::after(budget));
         let outcome = match tokio::time::timeout(budget + BACKSTOP_GRACE, run).await {
             Ok(o) => o,
             Err(_) => Outcome::fail(format!("{stage} hung past its {budget:?} limit"), json!({})),
@@ -128,7 +129,14 @@ pub async fn run_all(expect: &Expect, runner: &dyn Runner, reporter: &mut Report
     true
 }
 
-async fn run_stage(stage: Stage, expect: &Expect, runner: &dyn Runner, ctx: &mut Context, dl: Deadline) -> Outcome {
+async fn run_stage(
+    stage: Stage,
+    expect: &Expect,
+    runner: &dyn Runner,
+    ctx: &mut Context,
+    pod_opts: &pod::PodOptions,
+    dl: Deadline,
+) -> Outcome {
     match stage {
         Stage::Boot => {
             let (outcome, failed) = boot::run(runner, dl);
@@ -160,7 +168,7 @@ async fn run_stage(stage: Stage, expect: &Expect, runner: &dyn Runner, ctx: &mut
             o
         }
         Stage::Pod => match kubelet_socket(runner, expect, ctx) {
-            Ok((socket, _)) => pod::run(&socket, expect, &pod::PodOptions::default(), dl).await,
+            Ok((socket, _)) => pod::run(&socket, expect, pod_opts, dl).await,
             Err(o) => o,
         },
         Stage::KubeletConfig => match kubelet_socket(runner, expect, ctx) {
