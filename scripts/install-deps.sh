@@ -3,6 +3,7 @@
 # the machine already has. Every generated file is checked by the program that consumes it,
 # so those programs are test dependencies:
 #   containerd            `containerd config dump` and a real daemon for rendered config.toml
+#   runc, containernetworking-plugins   real pods for the guest agent's CRI stages
 #   systemd               `systemd-analyze verify` for units and drop-ins
 #   cloud-init            `cloud-init schema` for user-data
 #   dosfstools, mtools    `fsck.fat` and `mcopy` for the seed image (blkid is in util-linux)
@@ -21,6 +22,8 @@ want() { # want COMMAND PACKAGE
 }
 want containerd containerd
 want ctr containerd
+want runc runc
+[ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
 want systemd-analyze systemd
 want cloud-init cloud-init
 want fsck.fat dosfstools

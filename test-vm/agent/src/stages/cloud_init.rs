@@ -1,0 +1,161 @@
+//! Stage `cloud-init`: cloud-init's own verdict, `cloud-init status --wait --long`.
+//!
+//! Exit codes: 0 done, 1 error; cloud-init 23.4+ adds 2 for "degraded" (finished with
+//! recoverable errors such as deprecated keys). 0 and 2 pass (2 says so in the message and
+//! `detail.degraded`); 1 fails with the errors cloud-init printed. A failed cloud-init
+//! systemd unit (from the boot stage) fails this stage too.
+//!
+//! Detail: `exit_code`, `status`, `degraded`, `errors`, `failed_units`, `output` (tail).
+
+use serde_json::json;
+
+use super::boot::needed_failed;
+use super::{Deadline, Outcome, tail};
+use crate::exec::Runner;
+
+/// cloud-init's units across versions (24.3+ runs everything in cloud-init-main.service,
+/// and renamed cloud-init.service to cloud-init-network.service).
+pub const UNITS: [&str; 6] = [
+    "cloud-init-local.service",
+    "cloud-init.service",
+    "cloud-init-network.service",
+    "cloud-init-main.service",
+    "cloud-config.service",
+    "cloud-final.service",
+];
+
+pub fn run(runner: &dyn Runner, failed_units: &[String], deadline: Deadline) -> Outcome {
+    let out = match runner.run("cloud-init", &["status", "--wait", "--long"], deadline.remaining()) {
+        Ok(o) => o,
+        Err(e) => return Outcome::fail(format!("cannot run cloud-init: {e}"), json!({})),
+    };
+    let text = format!("{}{}", out.stdout, out.stderr);
+    let status = field(&text, "status").unwrap_or_default();
+    let errors = errors(&text);
+    let failed = needed_failed(failed_units, &UNITS);
+    let detail = |degraded: bool| {
+        json!({
+            "exit_code": out.code, "status": status, "degraded": degraded, "errors": errors,
+            "failed_units": failed, "output": tail(&text, 2000),
+        })
+    };
+    if out.timed_out {
+        return Outcome::fail(format!("cloud-init not finished after {:?}", deadline.budget()), detail(false));
+    }
+    let degraded = out.code == Some(2);
+    match out.code {
+        Some(0) | Some(2) if failed.is_empty() => {
+            let msg = if degraded {
+                format!("cloud-init {status} with recoverable errors (degraded)")
+            } else {
+                format!("cloud-init {status}")
+            };
+            Outcome::pass(msg, detail(degraded))
+        }
+        Some(0) | Some(2) => {
+            Outcome::fail(format!("cloud-init says {status}, but {} failed", failed.join(", ")), detail(degraded))
+        }
+        code => {
+            let what = if errors.is_empty() { tail(&text, 300) } else { errors.join("; ") };
+            Outcome::fail(format!("cloud-init {status} (exit {code:?}): {what}"), detail(false))
+        }
+    }
+}
+
+/// A top-level `key: value` line of `status --long`.
+fn field(text: &str, key: &str) -> Option<String> {
+    text.lines().find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(':'))).map(|v| v.trim().to_owned())
+}
+
+/// The error lines: newer cloud-init lists them under `errors:` (as `\t- ...` items);
+/// 22.4 prints a `detail:` block with the failing module. Recoverable errors are not errors.
+fn errors(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut in_block = false;
+    for line in text.lines() {
+        let top_level = !line.starts_with(char::is_whitespace) && line.contains(':');
+        if top_level {
+            in_block = false;
+            let (key, rest) = line.split_once(':').unwrap_or((line, ""));
+            match key {
+                "errors" | "detail" => {
+                    in_block = true;
+                    let rest = rest.trim();
+                    if !rest.is_empty() && rest != "[]" {
+                        out.push(rest.to_owned());
+                    }
+                }
+                _ => {}
+            }
+            continue;
+        }
+        if in_block {
+            let item = line.trim().trim_start_matches("- ").trim();
+            if !item.is_empty() {
+                out.push(item.to_owned());
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::exec::CmdOutput;
+    use crate::exec::fake::FakeRunner;
+
+    const CMD: &str = "cloud-init status --wait --long";
+
+    fn run_with(out: CmdOutput, failed: &[&str]) -> Outcome {
+        let r = FakeRunner::new().on(CMD, out);
+        let failed: Vec<String> = failed.iter().map(|s| s.to_string()).collect();
+        run(&r, &failed, Deadline::after(Duration::from_secs(10)))
+    }
+
+    #[test]
+    fn done_passes() {
+        let o = run_with(
+            CmdOutput::ok(
+                "\nstatus: done\ntime: Thu, 01 Jan 2026\ndetail:\nDataSourceNoCloud [seed=/dev/vdb][dsmode=net]\n",
+            ),
+            &[],
+        );
+        assert!(o.ok, "{o:?}");
+        assert_eq!(o.detail["status"], "done");
+    }
+
+    #[test]
+    fn error_22_4_fails_with_its_detail() {
+        let text = "status: error\ntime: Thu, 01 Jan 2026\ndetail:\n('locale', ProcessExecutionError(\"Unexpected error while running command.\"))\n";
+        let o = run_with(CmdOutput::exit(1, text), &["cloud-config.service"]);
+        assert!(!o.ok);
+        assert!(o.message.contains("locale"), "{}", o.message);
+        assert_eq!(o.detail["failed_units"], json!(["cloud-config.service"]));
+    }
+
+    #[test]
+    fn newer_error_list_and_degraded() {
+        let text = "status: error\nextended_status: error - running\nerrors:\n\t- ('scripts_user', RuntimeError('Runparts: 1 failures'))\nrecoverable_errors: {}\n";
+        let o = run_with(CmdOutput::exit(1, text), &[]);
+        assert_eq!(o.detail["errors"], json!(["('scripts_user', RuntimeError('Runparts: 1 failures'))"]));
+        let o = run_with(CmdOutput::exit(2, "status: done\nextended_status: degraded done\nerrors: []\n"), &[]);
+        assert!(o.ok && o.message.contains("degraded"), "{o:?}");
+    }
+
+    #[test]
+    fn done_but_a_cloud_init_unit_failed_fails() {
+        let o = run_with(CmdOutput::ok("status: done\n"), &["cloud-final.service", "other.service"]);
+        assert!(!o.ok && o.message.contains("cloud-final.service") && !o.message.contains("other"), "{o:?}");
+    }
+
+    #[test]
+    fn missing_or_hanging_cloud_init_fails() {
+        let r = FakeRunner::new().missing(CMD);
+        assert!(!run(&r, &[], Deadline::after(Duration::from_secs(1))).ok);
+        let o = run_with(CmdOutput { timed_out: true, stdout: "....".into(), ..Default::default() }, &[]);
+        assert!(!o.ok && o.message.contains("not finished"), "{o:?}");
+    }
+}

@@ -1,0 +1,217 @@
+//! The checks, one module per stage, and the pipeline that runs them in order.
+//!
+//! Every stage is a plain function that takes what it checks explicitly (a command runner,
+//! a CRI socket path, the expectations, a deadline) and returns an [`Outcome`], so tests and
+//! the harness can call any of them on their own.
+
+pub mod boot;
+pub mod cloud_init;
+pub mod containerd;
+pub mod cri;
+pub mod kubelet_config;
+pub mod pod;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use serde_json::{Map, Value, json};
+
+use crate::cri::{Cri, connect};
+use crate::exec::Runner;
+use crate::expect::{CriApi, Expect};
+use crate::kubelet::{self, KubeletView};
+use crate::protocol::Stage;
+use crate::report::Reporter;
+
+pub type Detail = Map<String, Value>;
+
+/// A stage's verdict, as it goes on the wire.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub ok: bool,
+    pub message: String,
+    pub detail: Detail,
+}
+
+impl Outcome {
+    pub fn pass(message: impl Into<String>, detail: Value) -> Self {
+        Outcome { ok: true, message: message.into(), detail: obj(detail) }
+    }
+    pub fn fail(message: impl Into<String>, detail: Value) -> Self {
+        Outcome { ok: false, message: message.into(), detail: obj(detail) }
+    }
+}
+
+/// A JSON object as a detail map (anything else becomes `{"value": ...}`).
+pub fn obj(v: Value) -> Detail {
+    match v {
+        Value::Object(m) => m,
+        Value::Null => Map::new(),
+        other => Map::from_iter([("value".to_owned(), other)]),
+    }
+}
+
+/// When a stage must give up. Polling loops check it themselves so that a failure carries
+/// the last state they saw, not just "timed out".
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline {
+    at: Instant,
+    budget: Duration,
+}
+
+impl Deadline {
+    pub fn after(budget: Duration) -> Self {
+        Deadline { at: Instant::now() + budget, budget }
+    }
+    pub fn remaining(&self) -> Duration {
+        self.at.saturating_duration_since(Instant::now())
+    }
+    pub fn passed(&self) -> bool {
+        Instant::now() >= self.at
+    }
+    pub fn budget(&self) -> Duration {
+        self.budget
+    }
+}
+
+/// How often polling loops look again.
+pub const POLL: Duration = Duration::from_millis(500);
+
+/// Connects to the CRI socket, retrying until the deadline (the socket may not exist yet).
+pub async fn connect_cri(socket: &Path, api: CriApi, deadline: Deadline) -> Result<Cri> {
+    loop {
+        match connect(socket).await {
+            Ok(ch) => return Ok(Cri::new(ch, api)),
+            Err(e) if deadline.passed() => return Err(e),
+            Err(_) => tokio::time::sleep(POLL).await,
+        }
+    }
+}
+
+/// A stage that overruns its deadline by this much is abandoned: the stage's own loops
+/// honour the deadline, so this only catches a hung call, and leaves the pod stage time
+/// to clean up after its own deadline.
+const BACKSTOP_GRACE: Duration = Duration::from_secs(90);
+
+/// What later stages learn from earlier ones.
+#[derive(Debug, Default)]
+struct Context {
+    failed_units: Vec<String>,
+    kubelet: Option<KubeletView>,
+}
+
+/// Runs every stage in order, reporting each, and stops at the first failure. Returns
+/// whether the node passed. `pod` says where the probe pod's logs go (the guest uses
+/// [`pod::PodOptions::default`]).
+pub async fn run_all(expect: &Expect, runner: &dyn Runner, reporter: &mut Reporter, pod: &pod::PodOptions) -> bool {
+    let mut ctx = Context::default();
+    let mut passed = Vec::new();
+    for stage in Stage::CHECKS {
+        reporter.start(stage);
+        let started = Instant::now();
+        let budget = expect.stage_timeouts_s.get(stage);
+        let run = run_stage(stage, expect, runner, &mut ctx, pod, Deadline::after(budget));
+        let outcome = match tokio::time::timeout(budget + BACKSTOP_GRACE, run).await {
+            Ok(o) => o,
+            Err(_) => Outcome::fail(format!("{stage} hung past its {budget:?} limit"), json!({})),
+        };
+        reporter.finish(stage, started.elapsed(), outcome.ok, &outcome.message, outcome.detail);
+        if !outcome.ok {
+            let msg = format!("stage {stage} failed");
+            reporter.done(false, &msg, obj(json!({"passed": passed, "failed": stage.name()})));
+            return false;
+        }
+        passed.push(stage.name());
+    }
+    let msg = format!("all {} stages passed", passed.len());
+    reporter.done(true, &msg, obj(json!({"passed": passed})));
+    true
+}
+
+async fn run_stage(
+    stage: Stage,
+    expect: &Expect,
+    runner: &dyn Runner,
+    ctx: &mut Context,
+    pod_opts: &pod::PodOptions,
+    dl: Deadline,
+) -> Outcome {
+    match stage {
+        Stage::Boot => {
+            let (outcome, failed) = boot::run(runner, dl);
+            ctx.failed_units = failed;
+            outcome
+        }
+        Stage::CloudInit => cloud_init::run(runner, &ctx.failed_units, dl),
+        Stage::Containerd => {
+            let (socket, view) = match kubelet_socket(runner, expect, ctx) {
+                Ok(s) => s,
+                Err(o) => return o,
+            };
+            let mut o = containerd::run(runner, &socket, expect, &ctx.failed_units, dl).await;
+            o.detail.insert("endpoint".into(), json!(view.endpoint));
+            o.detail.insert("endpoint_source".into(), json!(view.endpoint_source));
+            o
+        }
+        Stage::Cri => {
+            let (socket, view) = match kubelet_socket(runner, expect, ctx) {
+                Ok(s) => s,
+                Err(o) => return o,
+            };
+            let mut o = cri::run(&socket, expect, dl).await;
+            o.detail.insert("endpoint".into(), json!(view.endpoint));
+            o.detail.insert("endpoint_source".into(), json!(view.endpoint_source));
+            if view.fallback {
+                o.message = format!("{} (endpoint from Expect.cri_endpoint_default: no kubelet drop-in)", o.message);
+            }
+            o
+        }
+        Stage::Pod => match kubelet_socket(runner, expect, ctx) {
+            Ok((socket, _)) => pod::run(&socket, expect, pod_opts, dl).await,
+            Err(o) => o,
+        },
+        Stage::KubeletConfig => match kubelet_socket(runner, expect, ctx) {
+            Ok((socket, view)) => kubelet_config::run(&socket, expect, &view, dl).await,
+            Err(o) => o,
+        },
+        Stage::Done => Outcome::pass("", json!({})),
+    }
+}
+
+/// The kubelet's view, resolved once through systemd and reused by later stages.
+fn kubelet_socket(runner: &dyn Runner, expect: &Expect, ctx: &mut Context) -> Result<(PathBuf, KubeletView), Outcome> {
+    if ctx.kubelet.is_none() {
+        let view = kubelet::resolve(runner, &expect.cri_endpoint_default).map_err(|e| {
+            Outcome::fail(format!("cannot resolve the kubelet's CRI endpoint through systemd: {e:#}"), json!({}))
+        })?;
+        ctx.kubelet = Some(view);
+    }
+    // Just set above when it was missing.
+    let Some(view) = ctx.kubelet.clone() else {
+        return Err(Outcome::fail("kubelet view missing", json!({})));
+    };
+    let socket = kubelet::socket_path(&view.endpoint)
+        .map_err(|e| Outcome::fail(format!("{e:#}"), json!({"endpoint_source": view.endpoint_source})))?;
+    Ok((socket, view))
+}
+
+/// The last `max` characters of a tool's output, for a report.
+pub fn tail(text: &str, max: usize) -> String {
+    let t = text.trim();
+    match t.char_indices().rev().nth(max.saturating_sub(1)) {
+        Some((i, _)) if i > 0 => format!("…{}", &t[i..]),
+        _ => t.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_keeps_the_end() {
+        assert_eq!(tail("  abc  ", 10), "abc");
+        assert_eq!(tail("abcdef", 3), "…def");
+    }
+}
