@@ -107,6 +107,10 @@ pub fn write_image(opts: &ImageOptions, x: &Extra) -> Result<Vec<ArtifactInfo>> 
     let raw = x.pending.join(disk::RAW_NAME);
     tracing::info!("mkfs.ext4 {} ({})", raw.display(), opts.disk_size);
     disk::make_ext4(&raw, &root, opts.disk_size, &uuid, &hash_seed, x.mtime)?;
+    let unpinned = disk::pin_ctimes(&raw, &root, &x.scratch.join("debugfs-ctimes"), x.mtime)?;
+    if unpinned > 0 {
+        tracing::warn!("{unpinned} paths with quotes or newlines keep build-time ctimes on the disk");
+    }
     x.interrupt.check()?;
     let qcow2 = x.pending.join(disk::QCOW2_NAME);
     disk::convert_qcow2(&raw, &qcow2)?;

@@ -68,6 +68,9 @@ fn unpack_tar(path: &Path, root: &Path, interrupt: &Interrupt) -> Result<Sha256H
         archive.set_preserve_ownerships(true);
         archive.set_preserve_mtime(true);
         archive.set_overwrite(true);
+        // A directory's mtime moves whenever something is unpacked into it, and the tar crate
+        // sets none on symlinks: both are pinned from their headers once everything is in.
+        let mut times = Vec::new();
         for entry in archive.entries()? {
             interrupt.check()?;
             let mut entry = entry?;
@@ -75,8 +78,15 @@ fn unpack_tar(path: &Path, root: &Path, interrupt: &Interrupt) -> Result<Sha256H
             if kind.is_character_special() || kind.is_block_special() || kind.is_fifo() {
                 continue; // see StagedBase::skipped_special
             }
-            let name = entry.path()?.display().to_string();
-            entry.unpack_in(root).with_context(|| format!("unpacking {name}"))?;
+            let name = entry.path()?.into_owned();
+            entry.unpack_in(root).with_context(|| format!("unpacking {}", name.display()))?;
+            if kind.is_dir() || kind.is_symlink() {
+                let mtime = i64::try_from(entry.header().mtime()?).unwrap_or(0);
+                times.push((root.join(&name), FileTime::from_unix_time(mtime, 0)));
+            }
+        }
+        for (path, t) in times {
+            filetime::set_symlink_file_times(&path, t, t).with_context(|| format!("touch {}", path.display()))?;
         }
     }
     // Hash to the end of the file: tar stops reading at the end-of-archive blocks.
@@ -236,6 +246,7 @@ pub fn apply_overlay(root: &Path, overlay: &Overlay, mtime: u64, interrupt: &Int
                 fs::create_dir(&dest).with_context(|| format!("creating {path}"))?;
                 set_meta(&dest, 0, 0, entry.mode, time, false)?;
                 touched_dirs.push(dest);
+                touched_dirs.push(parent);
             }
             EntryKind::File(content) => {
                 remove_non_dir(&dest, existing.as_ref(), path.as_str())?;
