@@ -9,6 +9,10 @@
 #   cpio                  GNU cpio reads the overlay cpio
 #   dpkg-dev / apt        `apt-get download` + `dpkg-deb -x` build the offline stand-in release
 #   python3               serves the stand-in mirror over HTTP in `make demo`
+#   debootstrap           fixtures/base/build-base.sh builds the test-node base root tree
+#   e2fsprogs             `nodeforge image` (mkfs.ext4 -d, debugfs); e2fsck checks the disk
+#   qemu-utils            `nodeforge image` (qemu-img convert); tests read the qcow2 back
+#   qemu-system-x86       tests boot the image (TCG) and watch /init switch root
 set -euo pipefail
 
 need=()
@@ -28,6 +32,11 @@ want python3 python3
 want gzip gzip
 want sha256sum coreutils
 want cc gcc
+want debootstrap debootstrap
+want mkfs.ext4 e2fsprogs
+want debugfs e2fsprogs
+want qemu-img qemu-utils
+want qemu-system-x86_64 qemu-system-x86
 
 # The fixtures `apt-get download` the current Debian packages, and a superseded version is
 # gone from the mirror: refresh package lists older than six hours (or missing).
