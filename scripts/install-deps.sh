@@ -11,8 +11,10 @@
 #   dpkg-dev / apt        `apt-get download` + `dpkg-deb -x` build the offline stand-in release
 #   python3               serves the stand-in mirror over HTTP in `make demo`
 #   qemu-system-x86       test-vm boots guests (the fake guest in its tests, node images)
-#   qemu-utils            qemu-img: test-vm's per-run copy-on-write disk layer
+#   qemu-utils            qemu-img: `nodeforge image` (convert) and test-vm's per-run COW layer
 #   util-linux            setpriv --pdeathsig: QEMU dies with a SIGKILLed test-vm
+#   debootstrap           fixtures/base/build-base.sh builds the test-node base root tree
+#   e2fsprogs             `nodeforge image` (mkfs.ext4 -d, debugfs); e2fsck checks the disk
 set -euo pipefail
 
 need=()
@@ -37,6 +39,9 @@ want cc gcc
 want qemu-system-x86_64 qemu-system-x86
 want qemu-img qemu-utils
 want setpriv util-linux
+want debootstrap debootstrap
+want mkfs.ext4 e2fsprogs
+want debugfs e2fsprogs
 
 # The fixtures `apt-get download` the current Debian packages, and a superseded version is
 # gone from the mirror: refresh package lists older than six hours (or missing).

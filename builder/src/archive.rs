@@ -79,8 +79,9 @@ pub fn write_both(overlay: &Overlay, out_dir: &Path, mtime: u64, interrupt: &Int
     Ok([tar?, cpio?])
 }
 
-/// Stream gzip into an atomic file, hashing the compressed bytes as they go out.
-fn write_gz(
+/// Stream gzip into an atomic file, hashing the compressed bytes as they go out. Shared with
+/// the image writers, whose archives must match these byte for byte in gzip framing.
+pub(crate) fn write_gz(
     dest: &Path,
     body: impl FnOnce(&mut GzEncoder<HashingWriter<AtomicFile>>) -> Result<()>,
 ) -> Result<ArtifactInfo> {

@@ -138,12 +138,38 @@ impl BuildReport {
     }
 }
 
+/// What a build hands to a step that derives more artifacts from the overlay (`nodeforge
+/// image`): the finished overlay, the directory of pending artifacts (committed together with
+/// the build's own, `SHA256SUMS` last), and private scratch space removed with the build.
+#[derive(Debug)]
+pub struct Extra<'a> {
+    pub overlay: &'a Overlay,
+    /// The build's own artifacts so far (overlay archives, seed), for deriving identities.
+    pub artifacts: &'a [ArtifactInfo],
+    pub pending: &'a Path,
+    pub scratch: &'a Path,
+    pub mtime: u64,
+    pub interrupt: &'a Interrupt,
+}
+
 /// Run the whole build.
 pub fn build(
     loaded: &LoadedProfile,
     fetcher: &Fetcher,
     opts: &BuildOptions,
     interrupt: &Interrupt,
+) -> Result<BuildReport> {
+    build_with(loaded, fetcher, opts, interrupt, |_| Ok(Vec::new()))
+}
+
+/// Run the whole build, with `extra` writing further artifacts into the pending directory
+/// before the manifest and `SHA256SUMS` are written, so they list them too.
+pub fn build_with(
+    loaded: &LoadedProfile,
+    fetcher: &Fetcher,
+    opts: &BuildOptions,
+    interrupt: &Interrupt,
+    extra: impl FnOnce(&Extra) -> Result<Vec<ArtifactInfo>>,
 ) -> Result<BuildReport> {
     let p = &loaded.profile;
     // Fetch first: a download that fails must not even create the output directory.
@@ -189,6 +215,18 @@ pub fn build(
     let mut artifacts: Vec<ArtifactInfo> = archive::write_both(&overlay, &pending, opts.mtime, interrupt)?.into();
     let seed_files = seed::seed_files(loaded)?;
     artifacts.push(seed::write_seed_image(&seed_files, &pending.join(seed::SEED_IMAGE_NAME))?);
+    let scratch = work.path().join("scratch");
+    fs::create_dir(&scratch)?;
+    let more = extra(&Extra {
+        overlay: &overlay,
+        artifacts: &artifacts,
+        pending: &pending,
+        scratch: &scratch,
+        mtime: opts.mtime,
+        interrupt,
+    })?;
+    artifacts.extend(more);
+    interrupt.check()?;
     let records: Vec<SourceRecord> =
         sources.iter().map(|s| SourceRecord { url: s.url.clone(), sha256: s.sha256 }).collect();
     let manifest = Manifest::new(loaded, records, &overlay, artifacts.clone(), opts.mtime);

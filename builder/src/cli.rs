@@ -31,6 +31,9 @@ pub enum Command {
     Fetch(FetchConfig),
     /// Fetch, then assemble the overlay and write every artifact to --out.
     Build(BuildConfig),
+    /// Build, then lay the overlay onto a base root filesystem: a bootable test node (ext4
+    /// disk, kernel, boot initramfs, netboot archive) in --out beside the build's artifacts.
+    Image(ImageConfig),
     /// Write the generated configuration files only (no download).
     Render(RenderConfig),
     /// Validate a profile and refuse combinations that cannot work.
@@ -86,6 +89,20 @@ pub struct BuildConfig {
     /// Refuse a release that expands to more than this many bytes.
     #[arg(long, value_name = "BYTES", default_value_t = 4 << 30)]
     pub max_unpacked_bytes: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct ImageConfig {
+    #[command(flatten)]
+    pub build: BuildConfig,
+    /// The base root filesystem: a directory or a tar archive (fixtures/base/build-base.sh
+    /// writes one). It needs a kernel (/boot/vmlinuz-<ver>, /lib/modules/<ver>) and
+    /// /bin/busybox (static).
+    #[arg(long, value_name = "ROOTFS")]
+    pub base: PathBuf,
+    /// Size of disk.raw (sparse): bytes or with a K/M/G/T suffix.
+    #[arg(long, value_name = "SIZE", default_value = "2G")]
+    pub disk_size: crate::image::disk::DiskSize,
 }
 
 #[derive(Debug, Args)]

@@ -88,6 +88,22 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Image(c) => {
+            let opts = crate::image::ImageOptions { base: c.base.clone(), disk_size: c.disk_size };
+            crate::image::preflight(&opts)?;
+            let profile = load_profile(&c.build.profile.profile)?;
+            let fetcher = fetcher(&c.build.net)?;
+            let build_opts = build::BuildOptions::from_config(&c.build);
+            let report = build::build_with(&profile, &fetcher, &build_opts, interrupt(), |x| {
+                crate::image::write_image(&opts, x)
+            })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.human());
+            }
+            Ok(())
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 //! downloads and verifies them; [`release`] selects what a node needs from the upstream
 //! archive; [`render`] generates the configuration; all of it lands in an [`overlay`] value
 //! that the writers in [`archive`], [`seed`] and [`manifest`] serialise. [`build`] runs the
-//! whole path.
+//! whole path; [`image`] lays the result onto a base root tree as a bootable test node.
 
 /// Implement `Serialize`/`Deserialize` through `Display`/`FromStr`, for values that have one
 /// canonical spelling (versions, image references, digests).
@@ -34,6 +34,7 @@ pub mod cli;
 pub mod commands;
 pub mod compat;
 pub mod fetch;
+pub mod image;
 pub mod imageref;
 pub mod io;
 pub mod manifest;

@@ -2,6 +2,7 @@
 //! and uses only part of it, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
+pub mod base;
 pub mod containerd;
 pub mod craft;
 pub mod http_server;
