@@ -6,8 +6,9 @@
 #   netboot mode: nodeforge.netboot=1 console=ttyS0 panic=-1    (the tree is this initramfs)
 #   nodeforge.init=PATH   run PATH instead of /sbin/init after switch_root (tests);
 #                         words after `--` on the command line are passed to it as arguments
-#   /nodeforge/ (appended by the harness): agent -> /run/nodeforge/agent, units/* ->
-#                         /run/systemd/system/ on a tmpfs /run; nothing is written to disk
+#   /nodeforge/ (appended by the harness): units/* -> /run/systemd/system/, everything else
+#                         (agent, expect.json) -> /run/nodeforge/, on a tmpfs /run;
+#                         nothing is written to disk
 #   failure: a line "nodeforge-initramfs: FATAL: <reason>", then poweroff -f
 #   success: "nodeforge-initramfs: switching root", then switch_root
 #
@@ -93,11 +94,13 @@ if [ -d /nodeforge ]; then
 	if ! $BB grep -q '^[^ ]* /newroot/run ' /proc/mounts; then
 		$BB mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /newroot/run || fatal "cannot mount a tmpfs on /run"
 	fi
-	if [ -e /nodeforge/agent ]; then
-		$BB mkdir -p /newroot/run/nodeforge || fatal "cannot create /run/nodeforge"
-		$BB cp /nodeforge/agent /newroot/run/nodeforge/agent || fatal "cannot copy the agent"
-		$BB chmod 0755 /newroot/run/nodeforge/agent || fatal "cannot chmod the agent"
-	fi
+	# Everything but the units (the agent, its expect.json) goes to /run/nodeforge/.
+	$BB mkdir -p /newroot/run/nodeforge || fatal "cannot create /run/nodeforge"
+	for f in /nodeforge/*; do
+		[ "$f" = /nodeforge/units ] && continue
+		[ -e "$f" ] || continue
+		$BB cp -a "$f" /newroot/run/nodeforge/ || fatal "cannot copy $f to /run/nodeforge"
+	done
 	if [ -d /nodeforge/units ]; then
 		$BB mkdir -p /newroot/run/systemd/system || fatal "cannot create /run/systemd/system"
 		$BB cp -a /nodeforge/units/. /newroot/run/systemd/system/ || fatal "cannot copy the agent's units"
