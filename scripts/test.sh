@@ -18,7 +18,10 @@ step "CLI reference is current"
 cargo run -q -p nodeforge --example cli-reference --locked > target/cli.md
 diff -u docs/cli.md target/cli.md || { echo "docs/cli.md is stale: run 'make docs'" >&2; exit 1; }
 
-step "cargo test (unit, integration, real consumers, stand-in end to end)"
+step "cargo build --workspace (the end-to-end tests run nodeforge, test-vm and the guest agent)"
+cargo build --workspace --locked
+
+step "cargo test (unit, integration, real consumers, images booted in QEMU)"
 cargo test --workspace --locked --no-fail-fast
 
 step "done in $(( $(date +%s) - start ))s"
