@@ -101,6 +101,9 @@ if [ -d /nodeforge ]; then
 		[ -e "$f" ] || continue
 		$BB cp -a "$f" /newroot/run/nodeforge/ || fatal "cannot copy $f to /run/nodeforge"
 	done
+	if [ -e /newroot/run/nodeforge/agent ]; then
+		$BB chmod 0755 /newroot/run/nodeforge/agent || fatal "cannot chmod the agent"
+	fi
 	if [ -d /nodeforge/units ]; then
 		$BB mkdir -p /newroot/run/systemd/system || fatal "cannot create /run/systemd/system"
 		$BB cp -a /nodeforge/units/. /newroot/run/systemd/system/ || fatal "cannot copy the agent's units"
