@@ -1,15 +1,16 @@
 //! The wire contract between the harness and the guest agent (`nodeforge-agent`).
 //!
-//! Until the agent crate lands, these are the harness's own minimal mirror of it; the two
-//! will be unified into one crate later. The harness is lenient where leniency is harmless
-//! (unknown fields in an event are ignored, `message` and `detail` may be missing) and strict
-//! where a mistake would hide a failure (an unknown `event` value is a protocol error).
+//! The event kinds, the stage names and the port come from the agent crate itself. The harness
+//! reads events into its own lenient struct — unknown fields are ignored, `message` and
+//! `detail` may be missing, an unknown stage is reported rather than refused by serde — and is
+//! strict where a mistake would hide a failure (an unknown `event` value is a protocol error).
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// The virtio-serial port name the agent writes its events to.
+/// The virtio-serial port name the agent writes its events to (it opens
+/// `/dev/virtio-ports/<name>`).
 pub const AGENT_PORT: &str = "org.nodeforge.agent";
 
 /// The stage name of the agent's final event.
@@ -33,13 +34,7 @@ pub struct AgentEvent {
     pub detail: serde_json::Value,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EventKind {
-    Start,
-    Pass,
-    Fail,
-}
+pub use nodeforge_agent::EventKind;
 
 impl AgentEvent {
     /// Parse one line; blank lines are `Ok(None)`. Anything else that is not an event is an
@@ -73,6 +68,33 @@ pub struct Expectations {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_port_and_stages_are_the_agents() {
+        assert_eq!(nodeforge_agent::report::VIRTIO_PORT, format!("/dev/virtio-ports/{AGENT_PORT}"));
+        let names: Vec<&str> = nodeforge_agent::Stage::CHECKS.iter().map(|s| s.name()).collect();
+        assert_eq!(names, AGENT_STAGES);
+        assert_eq!(nodeforge_agent::Stage::Done.name(), DONE);
+    }
+
+    #[test]
+    fn the_agent_accepts_the_expectations_the_harness_writes() {
+        let e = Expectations {
+            cri_endpoint_default: "unix:///run/containerd/containerd.sock".into(),
+            sandbox_image: "registry.k8s.io/pause:3.9".into(),
+            images: vec!["registry.k8s.io/pause:3.9".into()],
+            cni_subnet: "10.244.7.0/24".into(),
+            cgroup_driver: "cgroupfs".into(),
+            cri_api: "v1alpha2".into(),
+            containerd_version: "1.5.18".into(),
+            stage_timeouts_s: crate::expect::default_stage_timeouts(),
+        };
+        let parsed: nodeforge_agent::Expect = serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
+        assert_eq!(parsed.cgroup_driver, nodeforge_agent::CgroupDriver::Cgroupfs);
+        assert_eq!(parsed.cri_api, nodeforge_agent::CriApi::V1alpha2);
+        assert_eq!(parsed.stage_timeouts_s.pod, e.stage_timeouts_s["pod"]);
+        assert_eq!(parsed.stage_timeouts_s.cloud_init, e.stage_timeouts_s["cloud-init"]);
+    }
 
     #[test]
     fn events_parse_leniently_but_not_blindly() {
