@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use common::craft::{file, gz, tar, with};
 use common::http_server::{Route, TestServer};
 use common::standin::{repo_root, standin};
+use common::text;
 use sha2::{Digest, Sha256};
 
 fn nodeforge(args: &[&str], cache: &Path) -> Output {
@@ -24,15 +25,6 @@ fn nodeforge(args: &[&str], cache: &Path) -> Output {
         .env_remove("NODEFORGE_MIRROR")
         .output()
         .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn s(p: &Path) -> &str {

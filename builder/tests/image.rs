@@ -17,15 +17,7 @@ use std::time::{Duration, Instant};
 use common::base::base;
 use common::http_server::TestServer;
 use common::standin::standin;
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use common::text;
 
 fn run(cmd: &mut Command) -> Output {
     let o = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
