@@ -62,11 +62,14 @@ pub struct FetchedSource {
 /// Fetch and verify every input the profile names: the release bundle and the images.
 pub fn fetch_sources(loaded: &LoadedProfile, fetcher: &Fetcher) -> Result<Vec<FetchedSource>> {
     let p = &loaded.profile;
-    let url = p.bundle_url();
-    let name = url.rsplit('/').next().unwrap_or(&url).to_owned();
-    let bundle = Artifact { name: name.clone(), url: url.clone(), sha256: p.containerd.bundle.sha256 };
-    let got = fetcher.fetch(&bundle).context(Stage::Fetch)?;
-    let mut out = vec![FetchedSource { name, url, sha256: got.sha256, size: got.size, path: got.path }];
+    let mut out = Vec::new();
+    for src in p.upstream_sources() {
+        let name = src.file_name().to_owned();
+        let artifact = Artifact { name: name.clone(), url: src.url.clone(), sha256: src.sha256 };
+        let got =
+            fetcher.fetch(&artifact).with_context(|| format!("{} {}", src.kind, src.version)).context(Stage::Fetch)?;
+        out.push(FetchedSource { name, url: src.url, sha256: got.sha256, size: got.size, path: got.path });
+    }
     for img in &p.images {
         let remote = img.source.starts_with("http://") || img.source.starts_with("https://");
         let got = if remote {
@@ -189,11 +192,14 @@ pub fn build_with(
 
     let mut overlay = Overlay::new();
     let bundle = &sources[0];
+    let crate::profile::Sources::Bundle(bundle_profile) = p.runtime_sources() else {
+        anyhow::bail!("per-component sources are not assembled yet");
+    };
     let req = BundleRequest {
         name: &bundle.name,
         version: &p.containerd.version,
         arch: p.arch,
-        extras: p.containerd.bundle.extras.iter().copied().collect::<BTreeSet<_>>(),
+        extras: bundle_profile.extras.iter().copied().collect::<BTreeSet<_>>(),
     };
     let selection =
         release::select_bundle(&bundle.path, &req, &staging, opts.limits, interrupt).context(Stage::Archive)?;
@@ -205,7 +211,7 @@ pub fn build_with(
     let rendered = render::render(loaded).context(Stage::Profile)?;
     render::add_to_overlay(&rendered, &mut overlay)?;
 
-    for (img, src) in p.images.iter().zip(&sources[1..]) {
+    for (img, src) in p.images.iter().zip(&sources[sources.len() - p.images.len()..]) {
         let content = Content::OnDisk { path: src.path.clone(), size: src.size, sha256: src.sha256 };
         let origin = Origin::Image { reference: img.reference.to_string(), sha256: src.sha256 };
         overlay.add_file(&render::image_archive_path(&img.reference), 0o644, content, origin)?;

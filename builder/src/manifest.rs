@@ -55,7 +55,8 @@ pub struct SourceRecord {
 /// The sources a profile names, with the digests it pins. A caller that fetched from a
 /// mirror records the URL it actually used instead.
 pub fn sources_from_profile(profile: &Profile) -> Vec<SourceRecord> {
-    let mut sources = vec![SourceRecord { url: profile.bundle_url(), sha256: profile.containerd.bundle.sha256 }];
+    let mut sources: Vec<SourceRecord> =
+        profile.upstream_sources().into_iter().map(|u| SourceRecord { url: u.url, sha256: u.sha256 }).collect();
     sources.extend(profile.images.iter().map(|i| SourceRecord { url: i.source.clone(), sha256: i.sha256 }));
     sources
 }

@@ -19,6 +19,18 @@ use crate::version::Version;
 /// The GitHub release URL of the cri-containerd-cni bundle. `{version}` and `{arch}` are
 /// substituted; `--mirror` later swaps the scheme and host.
 pub const DEFAULT_BUNDLE_URL: &str = "https://github.com/containerd/containerd/releases/download/v{version}/cri-containerd-cni-{version}-linux-{arch}.tar.gz";
+/// containerd's own release archive (`bin/` layout), published for every line incl. 2.x.
+pub const DEFAULT_CONTAINERD_URL: &str =
+    "https://github.com/containerd/containerd/releases/download/v{version}/containerd-{version}-linux-{arch}.tar.gz";
+/// runc's static binary; its digests are listed together in `runc.sha256sum`.
+pub const DEFAULT_RUNC_URL: &str = "https://github.com/opencontainers/runc/releases/download/v{version}/runc.{arch}";
+/// The CNI reference plugins.
+pub const DEFAULT_CNI_PLUGINS_URL: &str = "https://github.com/containernetworking/plugins/releases/download/v{version}/cni-plugins-linux-{arch}-v{version}.tgz";
+/// crictl from cri-tools.
+pub const DEFAULT_CRICTL_URL: &str =
+    "https://github.com/kubernetes-sigs/cri-tools/releases/download/v{version}/crictl-v{version}-linux-{arch}.tar.gz";
+/// The official Kubernetes node binaries; `{name}` is kubelet, kubeadm or kubectl.
+pub const DEFAULT_KUBERNETES_URL: &str = "https://dl.k8s.io/release/v{version}/bin/linux/{arch}/{name}";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -38,6 +50,15 @@ pub struct Profile {
     /// OCI image archives imported into containerd's `k8s.io` namespace at first boot.
     #[serde(default, rename = "image", skip_serializing_if = "Vec::is_empty")]
     pub images: Vec<PreloadImage>,
+    /// runc, when containerd comes from its per-component release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runc: Option<Component>,
+    /// The CNI reference plugins, when containerd comes from its per-component release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cni_plugins: Option<Component>,
+    /// crictl, optional beside the per-component release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crictl: Option<Component>,
     #[serde(default)]
     pub seed: Seed,
 }
@@ -64,14 +85,89 @@ impl fmt::Display for Arch {
 pub struct Kubernetes {
     /// The kubelet version the node is prepared for; decides which kubelet flags exist.
     pub version: Version,
+    /// kubelet, kubeadm and kubectl from the official download location. Without it the node
+    /// gets the runtime only, and the kubelet comes from elsewhere (a package, a later step).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binaries: Option<KubernetesBinaries>,
+}
+
+/// Pinned digests of the Kubernetes node binaries (published as `<binary>.sha256` beside each).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesBinaries {
+    /// URL template; `{version}`, `{arch}` and `{name}` are substituted.
+    #[serde(default = "default_kubernetes_url")]
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubelet: Option<Sha256Hex>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubeadm: Option<Sha256Hex>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubectl: Option<Sha256Hex>,
+}
+
+fn default_kubernetes_url() -> String {
+    DEFAULT_KUBERNETES_URL.to_owned()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Containerd {
     pub version: Version,
-    /// The cri-containerd-cni release bundle (containerd ≤ 1.7).
-    pub bundle: Bundle,
+    /// The cri-containerd-cni release bundle (containerd ≤ 1.7). Exactly one of `bundle` and
+    /// `release` is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<Bundle>,
+    /// containerd's own release archive (`containerd-<v>-linux-<arch>.tar.gz`), used with
+    /// `[runc]`, `[cni_plugins]` and optionally `[crictl]`: the only source for 2.x.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<ContainerdRelease>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerdRelease {
+    /// URL template; `{version}` and `{arch}` are substituted.
+    #[serde(default = "default_containerd_url")]
+    pub url: String,
+    /// The digest published beside the archive (`<file>.sha256sum`), pinned here.
+    pub sha256: Sha256Hex,
+    /// Parts of the release a node does not need, installed only on request.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extras: Vec<Extra>,
+}
+
+fn default_containerd_url() -> String {
+    DEFAULT_CONTAINERD_URL.to_owned()
+}
+
+/// One separately released component: runc, the CNI plugins, crictl. The URL template's
+/// default depends on the component (see the `DEFAULT_*_URL` constants).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Component {
+    pub version: Version,
+    /// URL template; `{version}` and `{arch}` are substituted. Defaults to the upstream
+    /// release location of the component.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The digest published by the component's release (each project has its own checksum
+    /// file convention), pinned here.
+    pub sha256: Sha256Hex,
+}
+
+/// Where the node's runtime comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum Sources<'a> {
+    /// The cri-containerd-cni bundle: containerd, runc, CNI plugins and crictl in one archive.
+    Bundle(&'a Bundle),
+    /// containerd's release plus runc, the CNI plugins and (optionally) crictl.
+    Components {
+        containerd: &'a ContainerdRelease,
+        runc: &'a Component,
+        cni_plugins: &'a Component,
+        crictl: Option<&'a Component>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -296,19 +392,178 @@ impl LoadedProfile {
 }
 
 impl Profile {
-    /// Parse profile text. The error carries line, column and a snippet from `toml`.
-    pub fn parse(text: &str) -> Result<Self, toml::de::Error> {
-        toml::from_str(text)
+    /// Parse profile text. A syntax or type error carries line, column and a snippet from
+    /// `toml`; a structural error names the tables involved.
+    pub fn parse(text: &str) -> Result<Self, ProfileError> {
+        let profile: Profile = toml::from_str(text).map_err(ProfileError::Toml)?;
+        profile.sources().map_err(ProfileError::Structure)?;
+        Ok(profile)
     }
 
-    /// The bundle URL with `{version}` and `{arch}` filled in.
-    pub fn bundle_url(&self) -> String {
-        expand_template(&self.containerd.bundle.url, &self.containerd.version, self.arch)
+    /// Where the runtime comes from: exactly one of the bundle and the per-component release,
+    /// and the component tables only with the latter.
+    pub fn sources(&self) -> Result<Sources<'_>, String> {
+        let c = &self.containerd;
+        match (&c.bundle, &c.release) {
+            (Some(_), Some(_)) => Err("[containerd.bundle] and [containerd.release] are both given: pick one \
+                 (the bundle for containerd ≤ 1.7, the release with [runc] and [cni_plugins] for any line)"
+                .into()),
+            (None, None) => Err("[containerd] names no source: add [containerd.release] with [runc] and \
+                 [cni_plugins] (any line), or [containerd.bundle] (containerd ≤ 1.7)"
+                .into()),
+            (Some(bundle), None) => {
+                let extra: Vec<&str> = [
+                    ("[runc]", self.runc.is_some()),
+                    ("[cni_plugins]", self.cni_plugins.is_some()),
+                    ("[crictl]", self.crictl.is_some()),
+                ]
+                .into_iter()
+                .filter_map(|(name, given)| given.then_some(name))
+                .collect();
+                if extra.is_empty() {
+                    Ok(Sources::Bundle(bundle))
+                } else {
+                    Err(format!(
+                        "{} given with [containerd.bundle]: the bundle pins its own runc, CNI plugins and crictl; \
+                         use [containerd.release] to choose them",
+                        extra.join(" and ")
+                    ))
+                }
+            }
+            (None, Some(containerd)) => match (&self.runc, &self.cni_plugins) {
+                (Some(runc), Some(cni_plugins)) => {
+                    Ok(Sources::Components { containerd, runc, cni_plugins, crictl: self.crictl.as_ref() })
+                }
+                (runc, _) => Err(format!(
+                    "[containerd.release] needs {}: containerd's own archive carries neither runc nor the CNI plugins",
+                    if runc.is_none() { "[runc] (and [cni_plugins])" } else { "[cni_plugins]" }
+                )),
+            },
+        }
+    }
+
+    /// Every upstream download the profile pins, in build order: the runtime sources, then
+    /// the Kubernetes binaries. (Image archives are listed separately.)
+    pub fn upstream_sources(&self) -> Vec<UpstreamSource> {
+        let (v, arch) = (&self.containerd.version, self.arch);
+        let mut out = Vec::new();
+        match self.runtime_sources() {
+            Sources::Bundle(b) => out.push(UpstreamSource::new(SourceKind::Bundle, &b.url, v, arch, b.sha256)),
+            Sources::Components { containerd, runc, cni_plugins, crictl } => {
+                out.push(UpstreamSource::new(SourceKind::Containerd, &containerd.url, v, arch, containerd.sha256));
+                for (kind, c) in [
+                    (SourceKind::Runc, Some(runc)),
+                    (SourceKind::CniPlugins, Some(cni_plugins)),
+                    (SourceKind::Crictl, crictl),
+                ] {
+                    if let Some(c) = c {
+                        let url = c.url.as_deref().unwrap_or(kind.default_url());
+                        out.push(UpstreamSource::new(kind, url, &c.version, arch, c.sha256));
+                    }
+                }
+            }
+        }
+        if let Some(bins) = &self.kubernetes.binaries {
+            let k8s = &self.kubernetes.version;
+            for (kind, digest) in [
+                (SourceKind::Kubelet, bins.kubelet),
+                (SourceKind::Kubeadm, bins.kubeadm),
+                (SourceKind::Kubectl, bins.kubectl),
+            ] {
+                if let Some(sha256) = digest {
+                    let template = bins.url.replace("{name}", kind.as_str());
+                    out.push(UpstreamSource::new(kind, &template, k8s, arch, sha256));
+                }
+            }
+        }
+        out
+    }
+
+    /// The runtime sources; `parse` has already checked their structure.
+    pub fn runtime_sources(&self) -> Sources<'_> {
+        self.sources().expect("profile structure is checked when it is parsed")
     }
 
     pub fn hostname(&self) -> &str {
         self.seed.hostname.as_deref().unwrap_or(&self.name)
     }
+}
+
+/// What an upstream download is; decides how it is unpacked and which checksum file its
+/// project publishes beside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SourceKind {
+    Bundle,
+    Containerd,
+    Runc,
+    CniPlugins,
+    Crictl,
+    Kubelet,
+    Kubeadm,
+    Kubectl,
+}
+
+impl SourceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::Bundle => "bundle",
+            SourceKind::Containerd => "containerd",
+            SourceKind::Runc => "runc",
+            SourceKind::CniPlugins => "cni-plugins",
+            SourceKind::Crictl => "crictl",
+            SourceKind::Kubelet => "kubelet",
+            SourceKind::Kubeadm => "kubeadm",
+            SourceKind::Kubectl => "kubectl",
+        }
+    }
+
+    /// The upstream URL template of the component.
+    pub fn default_url(self) -> &'static str {
+        match self {
+            SourceKind::Bundle => DEFAULT_BUNDLE_URL,
+            SourceKind::Containerd => DEFAULT_CONTAINERD_URL,
+            SourceKind::Runc => DEFAULT_RUNC_URL,
+            SourceKind::CniPlugins => DEFAULT_CNI_PLUGINS_URL,
+            SourceKind::Crictl => DEFAULT_CRICTL_URL,
+            SourceKind::Kubelet | SourceKind::Kubeadm | SourceKind::Kubectl => DEFAULT_KUBERNETES_URL,
+        }
+    }
+}
+
+impl fmt::Display for SourceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One pinned upstream download, its URL template expanded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamSource {
+    pub kind: SourceKind,
+    pub version: Version,
+    pub url: String,
+    pub sha256: Sha256Hex,
+}
+
+impl UpstreamSource {
+    fn new(kind: SourceKind, template: &str, version: &Version, arch: Arch, sha256: Sha256Hex) -> Self {
+        Self { kind, version: version.clone(), url: expand_template(template, version, arch), sha256 }
+    }
+
+    /// The file name at the end of the URL.
+    pub fn file_name(&self) -> &str {
+        self.url.rsplit('/').next().unwrap_or(&self.url)
+    }
+}
+
+/// Why a profile was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    #[error("{0}")]
+    Toml(toml::de::Error),
+    #[error("{0}")]
+    Structure(String),
 }
 
 /// Substitute `{version}` and `{arch}` in a URL template.
@@ -341,7 +596,7 @@ sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
         assert_eq!(p.node.cgroup_driver, CgroupDriver::Systemd);
         assert_eq!(p.node.cni_subnet.to_string(), "10.88.0.0/16");
         assert_eq!(
-            p.bundle_url(),
+            p.upstream_sources()[0].url,
             "https://github.com/containerd/containerd/releases/download/v1.7.13/cri-containerd-cni-1.7.13-linux-amd64.tar.gz"
         );
     }
