@@ -5,7 +5,6 @@
 //! anywhere leaves the output directory as it was (the temporary directory is removed on
 //! unwind; one left by `kill -9` is swept by the next build).
 
-use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -20,9 +19,9 @@ use crate::fetch::{Artifact, Fetcher};
 use crate::io::Interrupt;
 use crate::manifest::{self, Manifest, SourceRecord};
 use crate::output::{self, TEMP_PREFIX};
-use crate::overlay::{Content, EntryKind, Origin, Overlay};
-use crate::profile::{LoadedProfile, Sha256Hex};
-use crate::release::{self, BundleRequest, Limits};
+use crate::overlay::{Content, EntryKind, Origin, Overlay, OverlayPath};
+use crate::profile::{Arch, LoadedProfile, Sha256Hex, SourceKind, Sources, UpstreamSource};
+use crate::release::{self, BundleRequest, ComponentRequest, Limits, SelectedFile, Selection};
 use crate::{render, seed};
 
 /// 1980-01-01T00:00:00Z: the archive timestamp when SOURCE_DATE_EPOCH is not set. Any
@@ -50,6 +49,9 @@ impl BuildOptions {
 /// A verified input, as `fetch` reports it.
 #[derive(Debug, Clone, Serialize)]
 pub struct FetchedSource {
+    /// What it is: a [`SourceKind`] (`bundle`, `containerd`, `runc`, `cni-plugins`,
+    /// `crictl`, `kubelet`, `kubeadm`, `kubectl`) or `image`.
+    pub kind: String,
     pub name: String,
     /// Upstream URL, or the profile-relative path of a local image archive.
     pub url: String,
@@ -59,7 +61,9 @@ pub struct FetchedSource {
     pub path: PathBuf,
 }
 
-/// Fetch and verify every input the profile names: the release bundle and the images.
+/// Fetch and verify every input the profile names: the upstream sources in
+/// [`Profile::upstream_sources`](crate::profile::Profile::upstream_sources) order, then the
+/// images.
 pub fn fetch_sources(loaded: &LoadedProfile, fetcher: &Fetcher) -> Result<Vec<FetchedSource>> {
     let p = &loaded.profile;
     let mut out = Vec::new();
@@ -68,7 +72,14 @@ pub fn fetch_sources(loaded: &LoadedProfile, fetcher: &Fetcher) -> Result<Vec<Fe
         let artifact = Artifact { name: name.clone(), url: src.url.clone(), sha256: src.sha256 };
         let got =
             fetcher.fetch(&artifact).with_context(|| format!("{} {}", src.kind, src.version)).context(Stage::Fetch)?;
-        out.push(FetchedSource { name, url: src.url, sha256: got.sha256, size: got.size, path: got.path });
+        out.push(FetchedSource {
+            kind: src.kind.to_string(),
+            name,
+            url: src.url,
+            sha256: got.sha256,
+            size: got.size,
+            path: got.path,
+        });
     }
     for img in &p.images {
         let remote = img.source.starts_with("http://") || img.source.starts_with("https://");
@@ -81,6 +92,7 @@ pub fn fetch_sources(loaded: &LoadedProfile, fetcher: &Fetcher) -> Result<Vec<Fe
         .with_context(|| format!("image {}", img.reference))
         .context(Stage::Fetch)?;
         out.push(FetchedSource {
+            kind: "image".into(),
             name: img.reference.to_string(),
             url: img.source.clone(),
             sha256: got.sha256,
@@ -118,7 +130,7 @@ impl BuildReport {
         let o = &self.overlay;
         let _ = writeln!(s, "built {} into {}", self.profile, self.out_dir.display());
         for src in &self.sources {
-            let _ = writeln!(s, "  source   {}  sha256:{}", src.url, src.sha256);
+            let _ = writeln!(s, "  source   {:<11} {}  sha256:{}", src.kind, src.url, src.sha256);
         }
         let _ = writeln!(
             s,
@@ -191,22 +203,8 @@ pub fn build_with(
     fs::create_dir(&pending)?;
 
     let mut overlay = Overlay::new();
-    let bundle = &sources[0];
-    let crate::profile::Sources::Bundle(bundle_profile) = p.runtime_sources() else {
-        anyhow::bail!("per-component sources are not assembled yet");
-    };
-    let req = BundleRequest {
-        name: &bundle.name,
-        version: &p.containerd.version,
-        arch: p.arch,
-        extras: bundle_profile.extras.iter().copied().collect::<BTreeSet<_>>(),
-    };
-    let selection =
-        release::select_bundle(&bundle.path, &req, &staging, opts.limits, interrupt).context(Stage::Archive)?;
-    for f in selection.files {
-        let origin = Origin::Upstream { artifact: bundle.name.clone(), sha256: bundle.sha256, member: f.member };
-        overlay.insert(f.path, crate::overlay::Entry { mode: f.mode, kind: EntryKind::File(f.content), origin })?;
-    }
+    let upstream = p.upstream_sources();
+    let assembled = assemble(loaded, &upstream, &sources[..upstream.len()], &staging, opts, interrupt, &mut overlay)?;
 
     let rendered = render::render(loaded).context(Stage::Profile)?;
     render::add_to_overlay(&rendered, &mut overlay)?;
@@ -234,7 +232,7 @@ pub fn build_with(
     artifacts.extend(more);
     interrupt.check()?;
     let records: Vec<SourceRecord> =
-        sources.iter().map(|s| SourceRecord { url: s.url.clone(), sha256: s.sha256 }).collect();
+        sources.iter().map(|s| SourceRecord { kind: s.kind.clone(), url: s.url.clone(), sha256: s.sha256 }).collect();
     let manifest = Manifest::new(loaded, records, &overlay, artifacts.clone(), opts.mtime);
     artifacts.push(manifest.write(&pending)?);
     manifest::write_sha256sums(&pending, &artifacts)?;
@@ -250,7 +248,7 @@ pub fn build_with(
     }
     sync_dir(&opts.out);
 
-    let mut warnings = selection.warnings;
+    let mut warnings = assembled.warnings;
     warnings.extend(
         crate::check::check(loaded)
             .into_iter()
@@ -264,8 +262,84 @@ pub fn build_with(
         sources,
         overlay: summarise(&overlay),
         artifacts,
-        skipped: selection.skipped,
+        skipped: assembled.skipped,
         warnings,
+    })
+}
+
+/// What assembling the upstream sources left out or noticed.
+#[derive(Debug, Default)]
+struct Assembled {
+    skipped: Vec<String>,
+    warnings: Vec<String>,
+}
+
+/// Read every upstream source as hostile input and add what the node needs to the overlay:
+/// the bundle's members, or the per-component archives and binaries, then the Kubernetes
+/// binaries. `fetched` holds the verified copies, in `upstream` order.
+fn assemble(
+    loaded: &LoadedProfile,
+    upstream: &[UpstreamSource],
+    fetched: &[FetchedSource],
+    staging: &Path,
+    opts: &BuildOptions,
+    interrupt: &Interrupt,
+    overlay: &mut Overlay,
+) -> Result<Assembled> {
+    let p = &loaded.profile;
+    let mut out = Assembled::default();
+    for (src, got) in upstream.iter().zip(fetched) {
+        // One staging directory per archive: the selectors number their files from 0.
+        let dir = staging.join(src.kind.as_str());
+        fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let extras = match p.runtime_sources() {
+            Sources::Bundle(b) => &b.extras,
+            Sources::Components { containerd, .. } => &containerd.extras,
+        };
+        let req = ComponentRequest { name: &got.name, arch: p.arch, extras: extras.iter().copied().collect() };
+        let (sel, limits) = (&req, opts.limits);
+        let selection = match src.kind {
+            SourceKind::Bundle => {
+                let bundle = BundleRequest {
+                    name: &got.name,
+                    version: &p.containerd.version,
+                    arch: p.arch,
+                    extras: req.extras.clone(),
+                };
+                release::select_bundle(&got.path, &bundle, &dir, limits, interrupt)
+            }
+            SourceKind::Containerd => release::select_containerd(&got.path, sel, &dir, limits, interrupt),
+            SourceKind::CniPlugins => release::select_cni_plugins(&got.path, sel, &dir, limits, interrupt),
+            SourceKind::Crictl => release::select_crictl(&got.path, sel, &dir, limits, interrupt),
+            SourceKind::Runc => single_binary(got, "usr/local/sbin/runc", p.arch, limits),
+            SourceKind::Kubelet | SourceKind::Kubeadm | SourceKind::Kubectl => {
+                let dest = format!("{}/{}", render::kubelet_service::BIN_DIR, src.kind);
+                single_binary(got, &dest, p.arch, limits)
+            }
+        }
+        .with_context(|| format!("{} {}", src.kind, src.version))
+        .context(Stage::Archive)?;
+        for f in selection.files {
+            let origin = Origin::Upstream { artifact: got.name.clone(), sha256: got.sha256, member: f.member };
+            overlay.insert(f.path, crate::overlay::Entry { mode: f.mode, kind: EntryKind::File(f.content), origin })?;
+        }
+        out.skipped.extend(selection.skipped);
+        out.warnings.extend(selection.warnings);
+    }
+    Ok(out)
+}
+
+/// A download that is the binary itself, installed from its verified copy in the cache.
+fn single_binary(got: &FetchedSource, dest: &str, arch: Arch, limits: Limits) -> Result<Selection> {
+    release::check_binary(&got.path, &got.name, arch, limits)?;
+    Ok(Selection {
+        files: vec![SelectedFile {
+            path: OverlayPath::new(dest)?,
+            mode: 0o755,
+            content: Content::OnDisk { path: got.path.clone(), size: got.size, sha256: got.sha256 },
+            member: got.name.clone(),
+        }],
+        ..Selection::default()
     })
 }
 

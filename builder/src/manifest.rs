@@ -50,14 +50,24 @@ pub struct SourceRecord {
     /// A URL, or a path relative to the profile for local image archives.
     pub url: String,
     pub sha256: Sha256Hex,
+    /// What it is: `bundle`, `containerd`, `runc`, `cni-plugins`, `crictl`, `kubelet`,
+    /// `kubeadm`, `kubectl` or `image`. Last, so records still sort by URL.
+    pub kind: String,
 }
 
 /// The sources a profile names, with the digests it pins. A caller that fetched from a
 /// mirror records the URL it actually used instead.
 pub fn sources_from_profile(profile: &Profile) -> Vec<SourceRecord> {
-    let mut sources: Vec<SourceRecord> =
-        profile.upstream_sources().into_iter().map(|u| SourceRecord { url: u.url, sha256: u.sha256 }).collect();
-    sources.extend(profile.images.iter().map(|i| SourceRecord { url: i.source.clone(), sha256: i.sha256 }));
+    let mut sources: Vec<SourceRecord> = profile
+        .upstream_sources()
+        .into_iter()
+        .map(|u| SourceRecord { kind: u.kind.to_string(), url: u.url, sha256: u.sha256 })
+        .collect();
+    sources.extend(profile.images.iter().map(|i| SourceRecord {
+        kind: "image".into(),
+        url: i.source.clone(),
+        sha256: i.sha256,
+    }));
     sources
 }
 

@@ -10,6 +10,7 @@ mod containerd_config;
 mod containerd_service;
 mod crictl;
 mod kubelet;
+pub mod kubelet_service;
 mod preload;
 mod registry;
 mod system;
@@ -85,6 +86,7 @@ pub fn render_profile(p: &Profile) -> Result<Vec<Rendered>> {
     out.extend(crictl::render(p));
     out.extend(cni::render(p)?);
     out.extend(kubelet::render(p));
+    out.extend(kubelet_service::render(p));
     out.extend(system::render(p));
     out.extend(registry::render(p)?);
     out.extend(preload::render(p)?);

@@ -19,6 +19,10 @@ use crate::overlay::{Content, OverlayPath};
 use crate::profile::{Arch, Extra, Sha256Hex};
 use crate::version::Version;
 
+mod components;
+
+pub use self::components::{ComponentRequest, check_binary, select_cni_plugins, select_containerd, select_crictl};
+
 /// Caps on what one archive may expand to.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -26,12 +30,15 @@ pub struct Limits {
     pub max_unpacked_bytes: u64,
     /// Entries of any kind.
     pub max_entries: usize,
+    /// A single-file download installed as it is (runc, the Kubernetes binaries).
+    pub max_file_bytes: u64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         // The 1.7 bundle unpacks to ~250 MiB in ~60 entries; these leave ample room.
-        Self { max_unpacked_bytes: 4 << 30, max_entries: 20_000 }
+        // A single binary: kubelet is ~120 MiB, runc ~10 MiB.
+        Self { max_unpacked_bytes: 4 << 30, max_entries: 20_000, max_file_bytes: 1 << 30 }
     }
 }
 
@@ -230,7 +237,7 @@ pub fn select_bundle(
     Ok(sel)
 }
 
-fn read_error(archive: &str, e: io::Error) -> anyhow::Error {
+pub(crate) fn read_error(archive: &str, e: io::Error) -> anyhow::Error {
     // LimitReader's and Interrupt's errors travel inside io::Error; surface them as they are.
     let wrapped = e
         .get_ref()
@@ -242,7 +249,7 @@ fn read_error(archive: &str, e: io::Error) -> anyhow::Error {
     anyhow::anyhow!("{archive}: corrupt or truncated archive: {e}")
 }
 
-fn check_gzip_magic<R: io::BufRead>(r: &mut R, archive: &str) -> Result<()> {
+pub(crate) fn check_gzip_magic<R: io::BufRead>(r: &mut R, archive: &str) -> Result<()> {
     let head = r.fill_buf().with_context(|| format!("reading {archive}"))?;
     if head.len() < 2 || head[..2] != [0x1f, 0x8b] {
         let magic = head.iter().take(4).map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ");
@@ -253,7 +260,7 @@ fn check_gzip_magic<R: io::BufRead>(r: &mut R, archive: &str) -> Result<()> {
 }
 
 /// Copy an entry's bytes to a staging file, hashing as they pass.
-fn stage<R: Read>(r: &mut R, dest: &Path, interrupt: &Interrupt) -> Result<(u64, Sha256Hex)> {
+pub(crate) fn stage<R: Read>(r: &mut R, dest: &Path, interrupt: &Interrupt) -> Result<(u64, Sha256Hex)> {
     let f = File::create(dest).with_context(|| format!("creating {}", dest.display()))?;
     let mut w = HashingWriter::new(io::BufWriter::with_capacity(256 * 1024, f));
     interrupt.copy(r, &mut w).map_err(|e| match e.get_ref() {
@@ -273,24 +280,46 @@ fn finish_member(member: &str, keep: Keep, archive_mode: u32, staged: &Path, arc
     match keep {
         Keep::Data => Ok(if archive_mode & 0o111 != 0 { 0o755 } else { 0o644 }),
         Keep::Binary => {
-            let mut head = [0u8; 20];
-            let n = File::open(staged)?.read(&mut head)?;
-            if n < 20 || &head[..4] != b"\x7fELF" {
-                bail!("{archive}: {member} is not an ELF executable");
-            }
-            let machine = u16::from_le_bytes([head[18], head[19]]);
-            let want = match arch {
-                Arch::Amd64 => 62,
-                Arch::Arm64 => 183,
-            };
-            if machine != want {
-                bail!("{archive}: {member} is built for ELF machine {machine}, not {arch}");
-            }
+            check_elf(staged, arch, &format!("{archive}: {member}"))?;
             // Modes are set here, never taken from the archive: no setuid bit survives.
             Ok(0o755)
         }
     }
 }
+
+/// Refuse a file that is not an ELF executable for `arch`; `what` names it in the message
+/// (`<archive>: <entry>`, or the download's file name).
+pub(crate) fn check_elf(path: &Path, arch: Arch, what: &str) -> Result<()> {
+    let mut head = [0u8; 20];
+    let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let n = f.read(&mut head)?;
+    if n < 20 || &head[..4] != b"\x7fELF" {
+        let hint = match head {
+            [0x1f, 0x8b, ..] => " (it is gzip data: an archive, not the binary)",
+            [b'#', b'!', ..] => " (it is a script)",
+            _ => "",
+        };
+        bail!("{what} is not an ELF executable{hint}");
+    }
+    let machine = u16::from_le_bytes([head[18], head[19]]);
+    let want = match arch {
+        Arch::Amd64 => ELF_X86_64,
+        Arch::Arm64 => ELF_AARCH64,
+    };
+    if machine != want {
+        let found = match machine {
+            ELF_X86_64 => "amd64 (EM_X86_64)".to_owned(),
+            ELF_AARCH64 => "arm64 (EM_AARCH64)".to_owned(),
+            m => format!("ELF machine {m}"),
+        };
+        bail!("{what} is built for {found}, not {arch}");
+    }
+    Ok(())
+}
+
+/// `e_machine` values (the ELF specification's EM_X86_64 and EM_AARCH64).
+const ELF_X86_64: u16 = 62;
+const ELF_AARCH64: u16 = 183;
 
 fn check_version_file(text: &str, want: &Version, archive: &str) -> Result<()> {
     // `CONTAINERD_VERSION: '1.7.13'` (the tag, sometimes with a leading v).
@@ -308,7 +337,7 @@ fn check_version_file(text: &str, want: &Version, archive: &str) -> Result<()> {
 }
 
 /// Per-archive entry checks: paths, types, duplicates, symlinks and hard links.
-struct EntryGuard<'a> {
+pub(crate) struct EntryGuard<'a> {
     archive: &'a str,
     max_entries: usize,
     count: usize,
@@ -318,7 +347,7 @@ struct EntryGuard<'a> {
 }
 
 impl<'a> EntryGuard<'a> {
-    fn new(archive: &'a str, max_entries: usize) -> Self {
+    pub(crate) fn new(archive: &'a str, max_entries: usize) -> Self {
         Self {
             archive,
             max_entries,
@@ -350,7 +379,7 @@ impl<'a> EntryGuard<'a> {
     }
 
     /// Check one entry; returns its normalised path (None for the root entry).
-    fn admit<R: Read>(&mut self, entry: &tar::Entry<'_, R>) -> Result<Option<String>> {
+    pub(crate) fn admit<R: Read>(&mut self, entry: &tar::Entry<'_, R>) -> Result<Option<String>> {
         self.count += 1;
         if self.count > self.max_entries {
             return Err(UnsafeArchive::TooManyEntries { archive: self.archive.into(), limit: self.max_entries }.into());
@@ -398,7 +427,7 @@ impl<'a> EntryGuard<'a> {
     }
 
     /// A hard link's target, which must be a regular file seen earlier in this archive.
-    fn link_target<R: Read>(&self, entry: &tar::Entry<'_, R>) -> Result<String> {
+    pub(crate) fn link_target<R: Read>(&self, entry: &tar::Entry<'_, R>) -> Result<String> {
         let raw = entry.link_name_bytes().map(|b| b.into_owned()).unwrap_or_default();
         let shown = String::from_utf8_lossy(&raw).into_owned();
         let entry_path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
