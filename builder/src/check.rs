@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::compat::{self, CriApi};
 use crate::imageref::ImageRef;
-use crate::profile::{Arch, CgroupDriver, LoadedProfile};
+use crate::profile::{Arch, CgroupDriver, LoadedProfile, Sources};
 use crate::render::sandbox_image;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -50,6 +50,10 @@ const KNOWN_REGISTRIES: &[&str] = &[
     "public.ecr.aws",
 ];
 
+/// What to write instead of a bundle (runtime-facts §1.5).
+const COMPONENTS_FIX: &str = "write [containerd.release] (containerd-<version>-linux-<arch>.tar.gz, sha256 from its .sha256sum) \
+     with [runc], [cni_plugins] and [crictl], each with version and sha256";
+
 /// Run every rule against a loaded profile.
 pub fn check(loaded: &LoadedProfile) -> Vec<Finding> {
     let p = &loaded.profile;
@@ -67,21 +71,21 @@ pub fn check(loaded: &LoadedProfile) -> Vec<Finding> {
             "use containerd 1.6 or newer (1.7 is the last line with a cri-containerd-cni bundle), or a Kubernetes older than 1.26".into(),
         );
     }
+    let bundle = matches!(p.runtime_sources(), Sources::Bundle(_));
     // runtime-facts §1.4: no bundles exist for 2.0+.
-    if ctr.major >= 2 {
+    if bundle && ctr.major >= 2 {
         err(
             "no-bundle-for-2x",
             format!("containerd {ctr} publishes no cri-containerd-cni bundle (removed in 2.0)"),
-            "use containerd 1.7 with the bundle; per-component sources for 2.x are not supported by this nodeforge yet"
-                .into(),
+            format!("{COMPONENTS_FIX}, or use containerd 1.7 with the bundle"),
         );
     }
     // runtime-facts §1.1: 1.4 and 1.5 bundles were built for amd64 only.
-    if p.arch == Arch::Arm64 && !ctr.at_least(1, 6, 0) {
+    if bundle && p.arch == Arch::Arm64 && !ctr.at_least(1, 6, 0) {
         err(
             "no-arm64-bundle",
             format!("containerd {ctr} published its cri-containerd-cni bundle for amd64 only"),
-            "use containerd 1.6 or newer for arm64".into(),
+            format!("use containerd 1.6 or newer for arm64, or per-component sources: {COMPONENTS_FIX}"),
         );
     }
     // runtime-facts §3.3: config_path (certs.d) arrived in 1.5; the older `mirrors` table is
@@ -143,11 +147,21 @@ pub fn check(loaded: &LoadedProfile) -> Vec<Finding> {
     let mut warn =
         |code, message: String, fix: String| out.push(Finding { severity: Severity::Warning, code, message, fix });
     // runtime-facts §1.4: deprecated since 1.6.
-    if ctr.at_least(1, 6, 0) && ctr.major < 2 {
+    if bundle && ctr.at_least(1, 6, 0) && ctr.major < 2 {
         warn(
             "bundle-deprecated",
-            format!("the cri-containerd-cni bundle is deprecated since containerd 1.6 and was not built for 2.0 (containerd {ctr})"),
-            "plan the move to the per-component releases (containerd-<v>-linux-<arch>.tar.gz, runc, cni-plugins, crictl)".into(),
+            format!(
+                "the cri-containerd-cni bundle is deprecated since containerd 1.6 and was not built for 2.0 (containerd {ctr})"
+            ),
+            format!("replace [containerd.bundle] with per-component sources: {COMPONENTS_FIX}"),
+        );
+    }
+    // crictl is optional beside the per-component release; the node still gets crictl.yaml.
+    if let Sources::Components { crictl: None, .. } = p.runtime_sources() {
+        warn(
+            "no-crictl",
+            "no [crictl]: the node will have no crictl to inspect containerd's CRI side (/etc/crictl.yaml is still written)".into(),
+            "add [crictl] with version and sha256 (the digest in crictl-v<version>-linux-<arch>.tar.gz.sha256)".into(),
         );
     }
     // runtime-facts §4.3: kubeadm checks the runtime's sandbox image against its own.
@@ -297,6 +311,44 @@ mod tests {
             "{c:?}"
         );
         assert!(!has_errors(&f));
+    }
+
+    fn load_components(k8s: &str, ctr: &str, crictl: bool, arch: &str) -> LoadedProfile {
+        let d = "1".repeat(64);
+        let mut text = format!(
+            "name = \"t\"\narch = \"{arch}\"\n[kubernetes]\nversion = \"{k8s}\"\n[containerd]\nversion = \"{ctr}\"\n\
+             [containerd.release]\nsha256 = \"{d}\"\n[runc]\nversion = \"1.2.5\"\nsha256 = \"{d}\"\n\
+             [cni_plugins]\nversion = \"1.6.2\"\nsha256 = \"{d}\"\n"
+        );
+        if crictl {
+            text.push_str(&format!("[crictl]\nversion = \"1.32.0\"\nsha256 = \"{d}\"\n"));
+        }
+        LoadedProfile { path: "t.toml".into(), profile: Profile::parse(&text).unwrap(), sha256: Sha256Hex([0; 32]) }
+    }
+
+    #[test]
+    fn bundle_rules_fire_for_bundles_only() {
+        let f = check(&load("", "1.32.0", "2.0.4"));
+        let e = f.iter().find(|f| f.code == "no-bundle-for-2x").expect("refused");
+        for table in ["[containerd.release]", "[runc]", "[cni_plugins]", "[crictl]"] {
+            assert!(e.fix.contains(table), "{e}");
+        }
+        let f = check(&load_components("1.32.0", "2.0.4", true, "amd64"));
+        assert!(!codes(&f).contains(&"no-bundle-for-2x"), "{f:?}");
+        assert!(!codes(&f).contains(&"bundle-deprecated"), "{f:?}");
+        let f = check(&load_components("1.25.0", "1.5.18", true, "arm64"));
+        assert!(!codes(&f).contains(&"no-arm64-bundle"), "{f:?}");
+        let dep = check(&load("", "1.30.0", "1.7.27"));
+        let dep = dep.iter().find(|f| f.code == "bundle-deprecated").expect("warned");
+        assert!(dep.fix.contains("[containerd.release]"), "{dep}");
+    }
+
+    #[test]
+    fn missing_crictl_is_a_warning() {
+        let f = check(&load_components("1.30.0", "1.7.27", false, "amd64"));
+        let w = f.iter().find(|f| f.code == "no-crictl").expect("warned");
+        assert_eq!(w.severity, Severity::Warning);
+        assert!(!codes(&check(&load_components("1.30.0", "1.7.27", true, "amd64"))).contains(&"no-crictl"));
     }
 
     #[test]

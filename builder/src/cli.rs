@@ -12,7 +12,9 @@ use url::Url;
     version,
     about = "Build verified containerd Kubernetes nodes: fetch the release, assemble the overlay, write the artifacts",
     after_help = "Exit codes: 0 success, 1 other failure, 2 usage error, 3 invalid profile, \
-                  4 download or verification failure, 5 unsafe or malformed upstream archive, 130 interrupted."
+                  4 download or verification failure (also: a pinned digest its project does not publish, in `lock`), \
+                  5 unsafe or malformed upstream archive, 130 interrupted. With --locked, a source missing from or \
+                  different from the lock file exits 3 before anything is downloaded."
 )]
 pub struct Cli {
     /// Machine-readable JSON on stdout (results and errors); human text otherwise.
@@ -34,6 +36,10 @@ pub enum Command {
     /// Build, then lay the overlay onto a base root filesystem: a bootable test node (ext4
     /// disk, kernel, boot initramfs, netboot archive) in --out beside the build's artifacts.
     Image(ImageConfig),
+    /// Fetch every source and its project's published checksum file, check that they agree
+    /// with the profile's pinned digests, and write a lock file (deterministic TOML) for
+    /// `--locked` builds.
+    Lock(LockConfig),
     /// Write the generated configuration files only (no download).
     Render(RenderConfig),
     /// Validate a profile and refuse combinations that cannot work.
@@ -65,10 +71,35 @@ pub struct NetConfig {
     pub max_download_bytes: u64,
 }
 
+/// Building only what a lock file recorded.
+#[derive(Debug, Args)]
+pub struct LockArgs {
+    /// Refuse (exit 3, before any download and before --out is created) every source whose
+    /// URL or digest is missing from the lock file or differs from it.
+    #[arg(long)]
+    pub locked: bool,
+    /// The lock file for --locked (default: the profile's path with `.lock` for `.toml`).
+    #[arg(long, value_name = "FILE", requires = "locked")]
+    pub lock: Option<PathBuf>,
+}
+
 #[derive(Debug, Args)]
 pub struct FetchConfig {
     #[command(flatten)]
     pub profile: ProfileArg,
+    #[command(flatten)]
+    pub net: NetConfig,
+    #[command(flatten)]
+    pub lock: LockArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct LockConfig {
+    #[command(flatten)]
+    pub profile: ProfileArg,
+    /// Where to write the lock (default: the profile's path with `.lock` for `.toml`).
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
     #[command(flatten)]
     pub net: NetConfig,
 }
@@ -82,6 +113,8 @@ pub struct BuildConfig {
     pub out: PathBuf,
     #[command(flatten)]
     pub net: NetConfig,
+    #[command(flatten)]
+    pub lock: LockArgs,
     /// Timestamp for every archive entry (seconds since the epoch); fixed by default so builds
     /// are reproducible.
     #[arg(long, env = "SOURCE_DATE_EPOCH", value_name = "SECONDS", hide_env_values = true)]

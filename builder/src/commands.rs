@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::build;
 use crate::check::{self, Severity};
-use crate::cli::{CheckConfig, Cli, Command, FetchConfig, NetConfig, RenderConfig};
+use crate::cli::{CheckConfig, Cli, Command, FetchConfig, LockArgs, LockConfig, NetConfig, RenderConfig};
 use crate::fetch::{FetchOptions, Fetcher};
 use crate::io::Interrupt;
 use crate::profile::LoadedProfile;
@@ -77,8 +77,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Check(c) => run_check(&c, json),
         Command::Render(c) => run_render(&c, json),
         Command::Fetch(c) => run_fetch(&c, json),
+        Command::Lock(c) => run_lock(&c, json),
         Command::Build(c) => {
             let profile = load_profile(&c.profile.profile)?;
+            enforce_lock(&profile, &c.lock)?;
             let fetcher = fetcher(&c.net)?;
             let report = build::build(&profile, &fetcher, &build::BuildOptions::from_config(&c), interrupt())?;
             if json {
@@ -92,6 +94,7 @@ pub fn run(cli: Cli) -> Result<()> {
             let opts = crate::image::ImageOptions { base: c.base.clone(), disk_size: c.disk_size };
             crate::image::preflight(&opts)?;
             let profile = load_profile(&c.build.profile.profile)?;
+            enforce_lock(&profile, &c.build.lock)?;
             let fetcher = fetcher(&c.build.net)?;
             let build_opts = build::BuildOptions::from_config(&c.build);
             let report = build::build_with(&profile, &fetcher, &build_opts, interrupt(), |x| {
@@ -216,15 +219,46 @@ fn fetcher(net: &NetConfig) -> Result<Fetcher> {
     Fetcher::new(opts).context(Stage::Fetch)
 }
 
+/// `--locked`: refuse, before anything is downloaded or created, a profile that differs from
+/// its lock.
+fn enforce_lock(loaded: &LoadedProfile, args: &LockArgs) -> Result<()> {
+    if !args.locked {
+        return Ok(());
+    }
+    let path = args.lock.clone().unwrap_or_else(|| crate::lock::default_path(&loaded.path));
+    crate::lock::enforce(loaded, &path)
+}
+
+fn run_lock(c: &LockConfig, json: bool) -> Result<()> {
+    let loaded = load_profile(&c.profile.profile)?;
+    let out = c.out.clone().unwrap_or_else(|| crate::lock::default_path(&loaded.path));
+    let fetcher = fetcher(&c.net)?;
+    let lock = crate::lock::lock(&loaded, &fetcher)?;
+    lock.write(&out)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&json!({ "lock": out, "content": lock }))?);
+    } else {
+        for s in &lock.sources {
+            println!("{:<11} {}  sha256:{}  (agrees with {})", s.kind, s.url, s.sha256, s.checksum_url);
+        }
+        for i in &lock.images {
+            println!("{:<11} {}  sha256:{}", "image", i.source, i.sha256);
+        }
+        println!("wrote {}", out.display());
+    }
+    Ok(())
+}
+
 fn run_fetch(c: &FetchConfig, json: bool) -> Result<()> {
     let loaded = load_profile(&c.profile.profile)?;
+    enforce_lock(&loaded, &c.lock)?;
     let fetcher = fetcher(&c.net)?;
     let fetched = build::fetch_sources(&loaded, &fetcher)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&fetched)?);
     } else {
         for f in &fetched {
-            println!("{}  {}  {}", f.sha256, f.name, f.path.display());
+            println!("{}  {:<11} {}  {}", f.sha256, f.kind, f.name, f.path.display());
         }
     }
     Ok(())

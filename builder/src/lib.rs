@@ -37,6 +37,7 @@ pub mod fetch;
 pub mod image;
 pub mod imageref;
 pub mod io;
+pub mod lock;
 pub mod manifest;
 pub mod output;
 pub mod overlay;

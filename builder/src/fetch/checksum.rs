@@ -2,7 +2,43 @@
 
 use anyhow::{Result, bail};
 
-use crate::profile::Sha256Hex;
+use crate::profile::{Sha256Hex, SourceKind, UpstreamSource};
+
+/// Where a project publishes the digest of one of its downloads, and the name to look up in
+/// that file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedChecksum {
+    /// The checksum file's upstream URL (a mirror, if any, is applied when it is fetched).
+    pub url: String,
+    /// The name [`parse_checksum_file`] looks for; a bare-digest file names none.
+    pub name: String,
+}
+
+/// The checksum file each project publishes beside a download (runtime-facts §1.2, §1.5):
+///
+/// | kind | checksum file | format |
+/// |---|---|---|
+/// | bundle, containerd | `<file>.sha256sum` | `<hex>  <file>` |
+/// | runc | `runc.sha256sum` in the release directory, one line per arch | `<hex>  runc.<arch>` |
+/// | cni-plugins | `<file>.sha256` | `<hex>  <file>` |
+/// | crictl | `<file>.sha256` | the bare digest |
+/// | kubelet, kubeadm, kubectl | `<binary>.sha256` | the bare digest |
+pub fn published_checksum(src: &UpstreamSource) -> PublishedChecksum {
+    let name = src.file_name().to_owned();
+    let url = match src.kind {
+        SourceKind::Bundle | SourceKind::Containerd => format!("{}.sha256sum", src.url),
+        SourceKind::Runc => {
+            let dir = src.url.rsplit_once('/').map_or(src.url.as_str(), |(dir, _)| dir);
+            format!("{dir}/runc.sha256sum")
+        }
+        SourceKind::CniPlugins
+        | SourceKind::Crictl
+        | SourceKind::Kubelet
+        | SourceKind::Kubeadm
+        | SourceKind::Kubectl => format!("{}.sha256", src.url),
+    };
+    PublishedChecksum { url, name }
+}
 
 /// The SHA-256 that `text` gives for `file_name`.
 ///
@@ -90,6 +126,28 @@ mod tests {
 
     fn parse(text: &str, name: &str) -> Result<String> {
         parse_checksum_file(text, name).map(|d| d.to_string())
+    }
+
+    fn source(kind: SourceKind, url: &str) -> UpstreamSource {
+        UpstreamSource { kind, version: "1.2.3".parse().unwrap(), url: url.into(), sha256: Sha256Hex([0; 32]) }
+    }
+
+    #[test]
+    fn each_project_publishes_its_own_way() {
+        let c =
+            published_checksum(&source(SourceKind::Containerd, "https://h/v2.0.4/containerd-2.0.4-linux-amd64.tar.gz"));
+        assert_eq!(c.url, "https://h/v2.0.4/containerd-2.0.4-linux-amd64.tar.gz.sha256sum");
+        assert_eq!(c.name, "containerd-2.0.4-linux-amd64.tar.gz");
+        let r = published_checksum(&source(SourceKind::Runc, "https://h/runc/releases/download/v1.2.5/runc.arm64"));
+        assert_eq!(r.url, "https://h/runc/releases/download/v1.2.5/runc.sha256sum");
+        assert_eq!(r.name, "runc.arm64");
+        let k = published_checksum(&source(
+            SourceKind::Kubelet,
+            "https://dl.k8s.io/release/v1.32.0/bin/linux/amd64/kubelet",
+        ));
+        assert_eq!(k.url, "https://dl.k8s.io/release/v1.32.0/bin/linux/amd64/kubelet.sha256");
+        let n = published_checksum(&source(SourceKind::CniPlugins, "https://h/cni-plugins-linux-amd64-v1.6.2.tgz"));
+        assert_eq!(n.url, "https://h/cni-plugins-linux-amd64-v1.6.2.tgz.sha256");
     }
 
     #[test]

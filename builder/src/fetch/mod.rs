@@ -30,7 +30,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use url::Url;
 
-pub use self::checksum::parse_checksum_file;
+pub use self::checksum::{PublishedChecksum, parse_checksum_file, published_checksum};
 pub use self::http::{mirror_url, redact_url};
 use crate::io::{HashingReader, Interrupt, Interrupted};
 use crate::profile::Sha256Hex;
@@ -183,6 +183,26 @@ impl Fetcher {
             return Err(FetchError::ChecksumMismatch { location: shown, expected: artifact.sha256, actual }.into());
         }
         entry.commit(temp, size)
+    }
+
+    /// A small file whose digest nobody pinned (a published checksum file), read into memory
+    /// through the mirror like any download, never cached: it is what a digest is checked
+    /// against, not something installed. At most `limit` bytes.
+    pub fn fetch_unpinned(&self, url: &str, name: &str, limit: u64) -> Result<Vec<u8>> {
+        let url = match &self.options.mirror {
+            Some(mirror) => mirror_url(url, mirror),
+            None => http::parse_url(url),
+        }
+        .with_context(|| format!("the URL of {name}"))?;
+        let mut options = self.options.clone();
+        options.max_download_bytes = limit;
+        options.progress = false;
+        let mut temp = tempfile::tempfile().context("creating a temporary file")?;
+        http::download(&self.client, &options, &url, name, &mut temp)?;
+        let mut bytes = Vec::new();
+        io::Seek::rewind(&mut temp)?;
+        temp.read_to_end(&mut bytes)?;
+        Ok(bytes)
     }
 
     /// Verify a local file (an image archive next to the profile) and return a cached copy.
