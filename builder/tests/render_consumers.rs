@@ -198,6 +198,8 @@ ExecStart=/usr/bin/kubelet $KUBELET_KUBECONFIG_ARGS $KUBELET_CONFIG_ARGS $KUBELE
 /// start, and a kubelet.service + 10-kubeadm.conf shaped like the kubeadm packages'. The
 /// kubelet is NOT installed here: this checks the drop-in's syntax and that it merges into
 /// the kubelet unit, not that a real kubelet accepts the flags (the VM tests do that).
+/// A profile with `[kubernetes.binaries]` renders its own kubelet.service and 10-kubeadm.conf
+/// under /etc/systemd/system, which take precedence over the stand-ins: those are verified.
 #[test]
 fn systemd_analyze_verifies_units() {
     let analyze = tool("systemd-analyze", "systemd");
