@@ -279,7 +279,7 @@ mod tests {
              Environment=\"KUBELET_CONFIG_ARGS=--config=/nonexistent/config.yaml --config-dir={}\"\nEnvironmentFiles=\n",
             conf_d.display()
         );
-        let v = resolve_with_patches(&show(&text), "unix:///default.sock", NO_PATCHES).unwrap();
+        let v = resolve_with_patches(&show(&text), "unix:///default.sock", Path::new(NO_PATCHES_DIR)).unwrap();
         assert_eq!(v.endpoint, "unix:///run/containerd/containerd.sock");
         assert!(v.endpoint_source.ends_with("20-nodeforge-containerd.conf"), "{}", v.endpoint_source);
         assert_eq!(v.cgroup_driver.as_deref(), Some("systemd")); // 20- sorts after 10-
@@ -304,13 +304,13 @@ mod tests {
             cfg.display(),
             env.display()
         );
-        let v = resolve_with_patches(&show(&text), "unix:///default.sock", NO_PATCHES).unwrap();
+        let v = resolve_with_patches(&show(&text), "unix:///default.sock", Path::new(NO_PATCHES_DIR)).unwrap();
         assert_eq!(v.endpoint, "unix:///var/run/containerd/containerd.sock");
         assert_eq!(v.cgroup_driver.as_deref(), Some("cgroupfs"));
         assert!(v.cgroup_driver_source.contains("kubeadm-flags.env"), "{}", v.cgroup_driver_source);
     }
 
-    const NO_PATCHES: &Path = Path::new("/nonexistent/kubeadm-patches");
+    const NO_PATCHES_DIR: &str = "/nonexistent/kubeadm-patches";
     const GOLDEN_PATCH: &str = include_str!(
         "../../../builder/tests/golden/test-k8s-1.28-flags/etc/kubernetes/patches/kubeletconfiguration50+merge.yaml"
     );
