@@ -67,6 +67,16 @@ pub fn check(loaded: &LoadedProfile) -> Vec<Finding> {
             "use containerd 1.6 or newer (1.7 is the last line with a cri-containerd-cni bundle), or a Kubernetes older than 1.26".into(),
         );
     }
+    // containerd RELEASES.md: kubelets before 1.23 speak only CRI v1alpha2, which 2.0 removed.
+    if !compat::kubelet_speaks_cri_v1(k8s) && !compat::containerd_serves_v1alpha2(ctr) {
+        err(
+            "cri-v1alpha2-removed",
+            format!(
+                "the kubelet of Kubernetes {k8s} speaks only CRI v1alpha2, which containerd {ctr} no longer serves (removed in 2.0)"
+            ),
+            "use containerd 1.7 (serves v1alpha2 and v1), or Kubernetes 1.23 or newer".into(),
+        );
+    }
     let bundle = matches!(p.runtime_sources(), Sources::Bundle(_));
     // runtime-facts §1.4: no bundles exist for 2.0+.
     if bundle && !compat::containerd_bundle_published(ctr) {
@@ -94,8 +104,8 @@ pub fn check(loaded: &LoadedProfile) -> Vec<Finding> {
             V3Config::Refused => err(
                 "v3-config-refused",
                 format!(
-                    "containerd {ctr} refuses to start with a version 3 config (`unsupported config version `3``; \
-                     1.6.32+ and 1.7.17+ check the version)"
+                    "containerd {ctr} refuses to start with a version 3 config: it fails with \
+                     \"unsupported config version `3`\" (1.6.32+ and 1.7.17+ check the version)"
                 ),
                 "remove config_version = 3 (containerd 1.x reads schema 2), or use containerd 2.0 or newer".into(),
             ),
@@ -401,6 +411,13 @@ mod tests {
         assert!(!has_errors(&check(&with_config_version(load_components("", "1.35.1", "2.1.6"), ConfigVersion::V3))));
         // v2 on 2.x is read (and migrated) by 2.x: fine.
         assert!(!has_errors(&check(&with_config_version(load_components("", "1.35.1", "2.1.6"), ConfigVersion::V2))));
+    }
+
+    #[test]
+    fn old_kubelets_need_v1alpha2() {
+        assert_eq!(codes(&check(&load_components("", "1.22.17", "2.0.7"))), ["cri-v1alpha2-removed"]);
+        assert!(check(&load_components("", "1.23.0", "2.0.7")).is_empty());
+        assert!(!has_errors(&check(&load_components("", "1.22.17", "1.7.27"))));
     }
 
     #[test]

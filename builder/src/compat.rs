@@ -223,6 +223,12 @@ pub fn kubelet_cgroup_v1(kubernetes: &Version) -> CgroupV1 {
     }
 }
 
+/// The kubelet uses CRI v1 from 1.23 (containerd RELEASES.md: "v1 (1.23+), v1alpha2 (until
+/// 1.25)"); older kubelets speak only v1alpha2, which containerd 2.0 no longer serves.
+pub fn kubelet_speaks_cri_v1(kubernetes: &Version) -> bool {
+    kubernetes.at_least(1, 23, 0)
+}
+
 /// How the kubelet of a version is told about its runtime (runtime-facts §4.1, §4.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KubeletSupport {
@@ -285,6 +291,7 @@ mod tests {
         assert_eq!(containerd_default_pause(&v("2.2.1")), "registry.k8s.io/pause:3.10.1");
         assert!(containerd_bundle_published(&v("1.7.27")) && !containerd_bundle_published(&v("2.0.0")));
         assert!(containerd_serves_v1alpha2(&v("1.7.0")) && !containerd_serves_v1alpha2(&v("2.0.0")));
+        assert!(!kubelet_speaks_cri_v1(&v("1.22.17")) && kubelet_speaks_cri_v1(&v("1.23.0")));
     }
 
     #[test]
