@@ -8,6 +8,8 @@ demo:
 test:
 	bash scripts/test.sh
 
-# Regenerate the CLI reference in docs/cli.md from clap (CI checks it is current).
+# Regenerate the CLI reference in docs/cli.md from clap and the supported matrix in
+# docs/matrix.md from the version tables and `check` (CI checks both are current).
 docs:
 	cargo run -q -p nodeforge --example cli-reference > docs/cli.md
+	cargo run -q -p nodeforge --example matrix > docs/matrix.md

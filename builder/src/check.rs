@@ -5,10 +5,10 @@ use std::collections::BTreeSet;
 
 use serde::Serialize;
 
-use crate::compat::{self, CriApi};
+use crate::compat::{self, CgroupV1, CriApi, V3Config};
 use crate::imageref::ImageRef;
-use crate::profile::{Arch, CgroupDriver, LoadedProfile, Sources};
-use crate::render::sandbox_image;
+use crate::profile::{Arch, CgroupDriver, CgroupVersion, ConfigVersion, LoadedProfile, Sources};
+use crate::render::{containerd_config, sandbox_image};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -71,13 +71,76 @@ pub fn check(loaded: &LoadedProfile) -> Vec<Finding> {
             "use containerd 1.6 or newer (1.7 is the last line with a cri-containerd-cni bundle), or a Kubernetes older than 1.26".into(),
         );
     }
+    // containerd RELEASES.md: kubelets before 1.23 speak only CRI v1alpha2, which 2.0 removed.
+    if !compat::kubelet_speaks_cri_v1(k8s) && !compat::containerd_serves_v1alpha2(ctr) {
+        err(
+            "cri-v1alpha2-removed",
+            format!(
+                "the kubelet of Kubernetes {k8s} speaks only CRI v1alpha2, which containerd {ctr} no longer serves (removed in 2.0)"
+            ),
+            "use containerd 1.7 (serves v1alpha2 and v1), or Kubernetes 1.23 or newer".into(),
+        );
+    }
     let bundle = matches!(p.runtime_sources(), Sources::Bundle(_));
     // runtime-facts §1.4: no bundles exist for 2.0+.
-    if bundle && ctr.major >= 2 {
+    if bundle && !compat::containerd_bundle_published(ctr) {
         err(
             "no-bundle-for-2x",
             format!("containerd {ctr} publishes no cri-containerd-cni bundle (removed in 2.0)"),
             format!("{COMPONENTS_FIX}, or use containerd 1.7 with the bundle"),
+        );
+    }
+    // runtime-facts §3.1: a v3 file on containerd 1.x.
+    if p.containerd.effective_config_version() == ConfigVersion::V3 {
+        match compat::containerd_v3_config(ctr) {
+            V3Config::Native => {}
+            V3Config::SilentlyIgnored => err(
+                "v3-config-ignored",
+                format!(
+                    "containerd {ctr} does not know config version 3 but loads the file anyway: the \
+                     io.containerd.cri.v1.* sections match no plugin, so CRI runs on built-in defaults \
+                     (cgroupfs, containerd's own pause image, no config_path) while the kubelet is told otherwise"
+                ),
+                "remove config_version = 3 (containerd 1.x reads schema 2), or use containerd 2.0 or newer".into(),
+            ),
+            V3Config::Refused => err(
+                "v3-config-refused",
+                format!(
+                    "containerd {ctr} refuses to start with a version 3 config: it fails with \
+                     \"unsupported config version `3`\" (1.6.32+ and 1.7.17+ check the version)"
+                ),
+                "remove config_version = 3 (containerd 1.x reads schema 2), or use containerd 2.0 or newer".into(),
+            ),
+        }
+    }
+    // runtime-facts §3.3: CRI's own validation refuses the deprecated mirrors next to config_path.
+    if let Some(conflict) = containerd_config::registry_conflict(p) {
+        err(
+            "mirrors-with-config-path",
+            format!("{conflict}; nodeforge renders config_path, so containerd's CRI plugin would fail to load"),
+            "remove the mirrors table from [containerd.config] and add a [[registry.mirror]] per registry \
+             (rendered as certs.d/<host>/hosts.toml)"
+                .into(),
+        );
+    } else if p.containerd.config.is_some()
+        && let Err(e) = containerd_config::render(p)
+    {
+        err(
+            "containerd-config-override",
+            format!("{e:#}"),
+            "set that value through its profile key, or drop it from [containerd.config]".into(),
+        );
+    }
+    // runtime-facts §4.1: failCgroupV1 defaults to true from 1.35.
+    if p.node.cgroup_version == CgroupVersion::V1 && compat::kubelet_cgroup_v1(k8s) == CgroupV1::Refused {
+        err(
+            "cgroup-v1-refused",
+            format!(
+                "the kubelet of Kubernetes {k8s} refuses to start on a cgroup v1 host (failCgroupV1 defaults to true from 1.35)"
+            ),
+            "boot the node with the unified hierarchy (systemd.unified_cgroup_hierarchy=1, the default of current \
+             distributions) and set node.cgroup_version = 2, or use a Kubernetes older than 1.35"
+                .into(),
         );
     }
     // runtime-facts §1.1: 1.4 and 1.5 bundles were built for amd64 only.
@@ -146,6 +209,16 @@ pub fn check(loaded: &LoadedProfile) -> Vec<Finding> {
 
     let mut warn =
         |code, message: String, fix: String| out.push(Finding { severity: Severity::Warning, code, message, fix });
+    if p.node.cgroup_version == CgroupVersion::V1 && compat::kubelet_cgroup_v1(k8s) != CgroupV1::Refused {
+        warn(
+            "cgroup-v1-maintenance",
+            format!(
+                "cgroup v1: Kubernetes has kept cgroup v1 support in maintenance mode since 1.31, and from 1.35 \
+                 the kubelet refuses it by default (Kubernetes {k8s})"
+            ),
+            "move the node to cgroup v2 (node.cgroup_version = 2) before upgrading past 1.34".into(),
+        );
+    }
     // runtime-facts §1.4: deprecated since 1.6.
     if bundle && ctr.at_least(1, 6, 0) && ctr.major < 2 {
         warn(
@@ -313,42 +386,77 @@ mod tests {
         assert!(!has_errors(&f));
     }
 
-    fn load_components(k8s: &str, ctr: &str, crictl: bool, arch: &str) -> LoadedProfile {
-        let d = "1".repeat(64);
-        let mut text = format!(
-            "name = \"t\"\narch = \"{arch}\"\n[kubernetes]\nversion = \"{k8s}\"\n[containerd]\nversion = \"{ctr}\"\n\
-             [containerd.release]\nsha256 = \"{d}\"\n[runc]\nversion = \"1.2.5\"\nsha256 = \"{d}\"\n\
-             [cni_plugins]\nversion = \"1.6.2\"\nsha256 = \"{d}\"\n"
+    fn load_components(extra: &str, k8s: &str, ctr: &str) -> LoadedProfile {
+        let text = format!(
+            "name = \"t\"\n[kubernetes]\nversion = \"{k8s}\"\n[containerd]\nversion = \"{ctr}\"\n[containerd.release]\nsha256 = \"{z}\"\n\
+             [runc]\nversion = \"1.3.4\"\nsha256 = \"{z}\"\n[cni_plugins]\nversion = \"1.8.0\"\nsha256 = \"{z}\"\n\
+             [crictl]\nversion = \"1.35.0\"\nsha256 = \"{z}\"\n{extra}",
+            z = "0".repeat(64)
         );
-        if crictl {
-            text.push_str(&format!("[crictl]\nversion = \"1.32.0\"\nsha256 = \"{d}\"\n"));
-        }
         LoadedProfile { path: "t.toml".into(), profile: Profile::parse(&text).unwrap(), sha256: Sha256Hex([0; 32]) }
     }
 
-    #[test]
-    fn bundle_rules_fire_for_bundles_only() {
-        let f = check(&load("", "1.32.0", "2.0.4"));
-        let e = f.iter().find(|f| f.code == "no-bundle-for-2x").expect("refused");
-        for table in ["[containerd.release]", "[runc]", "[cni_plugins]", "[crictl]"] {
-            assert!(e.fix.contains(table), "{e}");
-        }
-        let f = check(&load_components("1.32.0", "2.0.4", true, "amd64"));
-        assert!(!codes(&f).contains(&"no-bundle-for-2x"), "{f:?}");
-        assert!(!codes(&f).contains(&"bundle-deprecated"), "{f:?}");
-        let f = check(&load_components("1.25.0", "1.5.18", true, "arm64"));
-        assert!(!codes(&f).contains(&"no-arm64-bundle"), "{f:?}");
-        let dep = check(&load("", "1.30.0", "1.7.27"));
-        let dep = dep.iter().find(|f| f.code == "bundle-deprecated").expect("warned");
-        assert!(dep.fix.contains("[containerd.release]"), "{dep}");
+    fn with_config_version(mut l: LoadedProfile, v: ConfigVersion) -> LoadedProfile {
+        l.profile.containerd.config_version = Some(v);
+        l
     }
 
     #[test]
-    fn missing_crictl_is_a_warning() {
-        let f = check(&load_components("1.30.0", "1.7.27", false, "amd64"));
-        let w = f.iter().find(|f| f.code == "no-crictl").expect("warned");
-        assert_eq!(w.severity, Severity::Warning);
-        assert!(!codes(&check(&load_components("1.30.0", "1.7.27", true, "amd64"))).contains(&"no-crictl"));
+    fn bundle_rules_follow_the_source() {
+        assert!(codes(&check(&load("", "1.35.1", "2.2.1"))).contains(&"no-bundle-for-2x"));
+        let f = check(&load_components("", "1.35.1", "2.2.1"));
+        assert!(f.is_empty(), "{f:?}");
+        // The per-component release of a 1.7 is not the deprecated bundle.
+        assert!(!codes(&check(&load_components("", "1.33.8", "1.7.27"))).contains(&"bundle-deprecated"));
+        assert!(codes(&check(&load("", "1.33.8", "1.7.27"))).contains(&"bundle-deprecated"));
+    }
+
+    #[test]
+    fn v3_config_on_1x_is_refused_with_the_right_reason() {
+        let f = check(&with_config_version(load("", "1.30.0", "1.6.31"), ConfigVersion::V3));
+        assert!(codes(&f).contains(&"v3-config-ignored"), "{f:?}");
+        assert!(f.iter().any(|f| f.message.contains("defaults")));
+        let f = check(&with_config_version(load("", "1.30.0", "1.7.17"), ConfigVersion::V3));
+        assert!(codes(&f).contains(&"v3-config-refused"), "{f:?}");
+        assert!(f.iter().any(|f| f.message.contains("unsupported config version")));
+        let f = check(&with_config_version(load("", "1.30.0", "1.7.16"), ConfigVersion::V3));
+        assert!(codes(&f).contains(&"v3-config-ignored"), "{f:?}");
+        assert!(!has_errors(&check(&with_config_version(load_components("", "1.35.1", "2.1.6"), ConfigVersion::V3))));
+        // v2 on 2.x is read (and migrated) by 2.x: fine.
+        assert!(!has_errors(&check(&with_config_version(load_components("", "1.35.1", "2.1.6"), ConfigVersion::V2))));
+    }
+
+    #[test]
+    fn old_kubelets_need_v1alpha2() {
+        assert_eq!(codes(&check(&load_components("", "1.22.17", "2.0.7"))), ["cri-v1alpha2-removed"]);
+        assert!(check(&load_components("", "1.23.0", "2.0.7")).is_empty());
+        assert!(!has_errors(&check(&load_components("", "1.22.17", "1.7.27"))));
+    }
+
+    #[test]
+    fn cgroup_v1_rules() {
+        let v1 = "[node]\ncgroup_version = 1\n";
+        let f = check(&load_components(v1, "1.35.0", "2.2.1"));
+        assert_eq!(codes(&f), ["cgroup-v1-refused"]);
+        assert!(f[0].fix.contains("cgroup_version = 2"));
+        let f = check(&load_components(v1, "1.34.3", "2.2.1"));
+        assert_eq!(codes(&f), ["cgroup-v1-maintenance"]);
+        assert!(!has_errors(&f));
+        assert!(check(&load_components("", "1.35.0", "2.2.1")).is_empty());
+    }
+
+    #[test]
+    fn raw_containerd_config_rules() {
+        let m = "[containerd.config.plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"docker.io\"]\nendpoint = [\"https://m\"]\n";
+        let f = check(&load(m, "1.30.0", "1.7.27"));
+        let found = f.iter().find(|f| f.code == "mirrors-with-config-path").expect("mirrors refused");
+        assert!(found.message.contains("`mirrors` cannot be set when `config_path` is provided"), "{found}");
+        let over = "[containerd.config.plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes.runc.options]\nSystemdCgroup = false\n";
+        let f = check(&load_components(over, "1.35.1", "2.2.1"));
+        let found = f.iter().find(|f| f.code == "containerd-config-override").expect("override refused");
+        assert!(found.message.contains("SystemdCgroup"), "{found}");
+        let fine = "[containerd.config.plugins.\"io.containerd.cri.v1.runtime\"]\nenable_cdi = true\n";
+        assert!(check(&load_components(fine, "1.35.1", "2.2.1")).is_empty());
     }
 
     #[test]

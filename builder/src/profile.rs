@@ -122,6 +122,93 @@ pub struct Containerd {
     /// `[runc]`, `[cni_plugins]` and optionally `[crictl]`: the only source for 2.x.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub release: Option<ContainerdRelease>,
+    /// The config.toml schema to write: 2 or 3. Default: 2 for containerd 1.x, 3 for 2.x.
+    /// `nodeforge check` refuses 3 on 1.x (ignored or refused there, depending on the patch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_version: Option<ConfigVersion>,
+    /// Extra containerd settings, deep-merged into the rendered config.toml. Keys are written
+    /// as in config.toml for the schema in use (`[containerd.config.plugins."io.containerd…"]`);
+    /// a key nodeforge itself renders is refused with its name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<toml::Table>,
+}
+
+/// A containerd config schema version nodeforge can write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "i64", into = "i64")]
+pub enum ConfigVersion {
+    /// `version = 2`: containerd 1.3+, read (and migrated) by 2.x too.
+    V2,
+    /// `version = 3`: containerd 2.0+.
+    V3,
+}
+
+impl ConfigVersion {
+    pub fn number(self) -> u8 {
+        match self {
+            ConfigVersion::V2 => 2,
+            ConfigVersion::V3 => 3,
+        }
+    }
+}
+
+impl TryFrom<i64> for ConfigVersion {
+    type Error = String;
+    fn try_from(n: i64) -> Result<Self, String> {
+        match n {
+            2 => Ok(ConfigVersion::V2),
+            3 => Ok(ConfigVersion::V3),
+            _ => Err(format!(
+                "config_version {n} is not one nodeforge writes: use 2 (containerd 1.x) or 3 (containerd 2.x)"
+            )),
+        }
+    }
+}
+
+impl From<ConfigVersion> for i64 {
+    fn from(v: ConfigVersion) -> i64 {
+        i64::from(v.number())
+    }
+}
+
+impl Containerd {
+    /// The schema the rendered config.toml uses: the profile's choice or the line's default.
+    pub fn effective_config_version(&self) -> ConfigVersion {
+        self.config_version.unwrap_or(if crate::compat::containerd_config_version(&self.version) == 3 {
+            ConfigVersion::V3
+        } else {
+            ConfigVersion::V2
+        })
+    }
+}
+
+/// The node's cgroup hierarchy, which the kubelet ≥ 1.35 requires to be v2.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "i64", into = "i64")]
+pub enum CgroupVersion {
+    V1,
+    #[default]
+    V2,
+}
+
+impl TryFrom<i64> for CgroupVersion {
+    type Error = String;
+    fn try_from(n: i64) -> Result<Self, String> {
+        match n {
+            1 => Ok(CgroupVersion::V1),
+            2 => Ok(CgroupVersion::V2),
+            _ => Err(format!("cgroup_version {n} does not exist: use 1 or 2")),
+        }
+    }
+}
+
+impl From<CgroupVersion> for i64 {
+    fn from(v: CgroupVersion) -> i64 {
+        match v {
+            CgroupVersion::V1 => 1,
+            CgroupVersion::V2 => 2,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -224,6 +311,10 @@ pub struct Node {
     /// from this one value, so the two cannot disagree.
     #[serde(default)]
     pub cgroup_driver: CgroupDriver,
+    /// The cgroup hierarchy the node boots with (1 = legacy/hybrid, 2 = unified). Only
+    /// checked: kubelet ≥ 1.35 refuses v1 by default.
+    #[serde(default)]
+    pub cgroup_version: CgroupVersion,
     /// The pod sandbox ("pause") image. Defaults to the one kubeadm of the profile's
     /// Kubernetes version expects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -240,6 +331,7 @@ impl Default for Node {
     fn default() -> Self {
         Self {
             cgroup_driver: CgroupDriver::default(),
+            cgroup_version: CgroupVersion::default(),
             sandbox_image: None,
             cni_subnet: default_cni_subnet(),
             runtime_request_timeout: None,
@@ -617,5 +709,24 @@ sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
         assert!(Profile::parse(&text).unwrap_err().to_string().contains("duration"));
         let text = format!("{MINIMAL}\n[node]\ncgroup_driver = \"cgroupsfs\"\n");
         assert!(Profile::parse(&text).unwrap_err().to_string().contains("cgroupfs"));
+        let text = MINIMAL.replace("[containerd.bundle]", "config_version = 4\n[containerd.bundle]");
+        assert!(Profile::parse(&text).unwrap_err().to_string().contains("use 2"), "{text}");
+        let text = format!("{MINIMAL}\n[node]\ncgroup_version = 3\n");
+        assert!(Profile::parse(&text).unwrap_err().to_string().contains("use 1 or 2"));
+    }
+
+    #[test]
+    fn config_version_defaults_by_line() {
+        let p = Profile::parse(MINIMAL).unwrap();
+        assert_eq!(p.containerd.effective_config_version(), ConfigVersion::V2);
+        assert_eq!(p.node.cgroup_version, CgroupVersion::V2);
+        let text = MINIMAL.replace("[containerd.bundle]", "config_version = 3\n[containerd.bundle]");
+        assert_eq!(Profile::parse(&text).unwrap().containerd.effective_config_version(), ConfigVersion::V3);
+        let text = MINIMAL.replace(
+            "[containerd.bundle]",
+            "[containerd.config]\noom_score = -999\n[containerd.config.plugins.\"io.containerd.grpc.v1.cri\"]\nenable_cdi = true\n[containerd.bundle]",
+        );
+        let p = Profile::parse(&text).unwrap();
+        assert_eq!(p.containerd.config.unwrap()["oom_score"].as_integer(), Some(-999));
     }
 }

@@ -139,3 +139,15 @@ fn rendering_is_deterministic() {
         assert_eq!(render::render(&loaded).unwrap(), render::render(&loaded).unwrap());
     }
 }
+
+/// What ships in `profiles/` must pass `nodeforge check` (warnings allowed, e.g. the bundle's
+/// deprecation): a shipped profile that `build` would refuse is a bug.
+#[test]
+fn shipped_profiles_pass_check() {
+    let shipped = manifest_dir().join("../profiles");
+    for path in all_profiles().into_iter().filter(|p| p.starts_with(&shipped)) {
+        let loaded = LoadedProfile::load(&path).unwrap();
+        let findings = nodeforge::check::check(&loaded);
+        assert!(!nodeforge::check::has_errors(&findings), "{}: {findings:#?}", path.display());
+    }
+}

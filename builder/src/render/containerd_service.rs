@@ -1,9 +1,10 @@
 //! `/etc/systemd/system/containerd.service` and its enablement link.
 //!
 //! The unit follows the one containerd ships for the profile's release line (runtime-facts
-//! §2.1), so a node built by nodeforge behaves like one installed from the bundle. It is
-//! placed in /etc rather than /usr/local/lib so it wins over any packaged unit of the
-//! same name.
+//! §2.1), so a node built by nodeforge behaves like one installed from the bundle or, for 2.x,
+//! from containerd's own release archive. Both install the daemon as /usr/local/bin/containerd
+//! (the archive is unpacked into /usr/local), which is what `ExecStart` names. The unit is
+//! placed in /etc rather than /usr/local/lib so it wins over any packaged unit of the same name.
 
 use super::{Rendered, enable_link, file, header};
 use crate::profile::Profile;
@@ -14,10 +15,15 @@ const RENDERER: &str = "containerd-service";
 
 pub fn render(p: &Profile) -> Vec<Rendered> {
     let v = &p.containerd.version;
-    let mut after = String::from("network.target local-fs.target");
+    // 2.1 dropped local-fs.target (runtime-facts §2.1).
+    let mut after = String::from(if v.at_least(2, 1, 0) { "network.target" } else { "network.target local-fs.target" });
     if orders_after_dbus(v) {
         after.push_str(" dbus.service");
     }
+    let nofile = match limit_nofile(v) {
+        Some(n) => format!("LimitNOFILE={n}\n"),
+        None => String::new(),
+    };
     let text = format!(
         "{header}
 [Unit]
@@ -40,22 +46,28 @@ RestartSec=5
 # Non-zero Limit* values cost kernel accounting overhead; containers are limited by cgroups.
 LimitNPROC=infinity
 LimitCORE=infinity
-LimitNOFILE={nofile}
-TasksMax=infinity
+{nofile}TasksMax=infinity
 OOMScoreAdjust=-999
 
 [Install]
 WantedBy=multi-user.target
 ",
         header = header("#", p),
-        nofile = limit_nofile(v),
     );
     vec![file(PATH, 0o644, text, RENDERER), enable_link("containerd.service", RENDERER)]
 }
 
-/// 1.4 shipped a finite limit; 1.5–1.7 `infinity` (runtime-facts §2.1).
-fn limit_nofile(v: &Version) -> &'static str {
-    if v.at_least(1, 5, 0) { "infinity" } else { "1048576" }
+/// 1.4 shipped a finite limit; 1.5–1.7 `infinity`; 2.0 removed the line so systemd's default
+/// (a soft limit of 1024, hard 524288 on systemd ≥ 240) applies: containers get sane limits
+/// and containerd raises its own soft limit itself (runtime-facts §2.1, containerd-2.0.md).
+fn limit_nofile(v: &Version) -> Option<&'static str> {
+    if v.major >= 2 {
+        None
+    } else if v.at_least(1, 5, 0) {
+        Some("infinity")
+    } else {
+        Some("1048576")
+    }
 }
 
 /// `dbus.service` joined `After=` in 1.6.37 and 1.7.24 (runtime-facts §2.1): with the systemd
@@ -89,6 +101,12 @@ mod tests {
         assert!(unit("1.6.37").contains("After=network.target local-fs.target dbus.service\n"));
         assert!(!unit("1.7.23").contains("dbus.service"));
         assert!(unit("1.7.24").contains("dbus.service"));
+        let u2 = unit("2.0.7");
+        assert!(!u2.contains("LimitNOFILE"), "{u2}");
+        assert!(u2.contains("After=network.target local-fs.target dbus.service\n"));
+        assert!(u2.contains("ExecStart=/usr/local/bin/containerd\n"));
+        assert!(unit("2.1.0").contains("After=network.target dbus.service\n"));
+        assert!(!unit("2.2.1").contains("local-fs.target"));
         for line in ["Type=notify", "Delegate=yes", "KillMode=process", "ExecStartPre=-/sbin/modprobe overlay"] {
             assert!(u.contains(&format!("{line}\n")), "{line}");
         }

@@ -23,9 +23,18 @@
 //!   until 1.27; `--pod-infra-container-image` still guards the pause image from GC.
 //! * 1.27–1.29: `--container-runtime` is gone and `containerRuntimeEndpoint` exists in
 //!   KubeletConfiguration, but there is no fragment directory yet and kubeadm owns
-//!   config.yaml, so the still-accepted (deprecated) flags carry endpoint and driver.
+//!   config.yaml. A kubeadm patch for the `kubeletconfiguration` target (in
+//!   [`PATCHES_DIR`], which the JoinConfiguration names as `patches.directory`) puts endpoint,
+//!   driver and timeout into /var/lib/kubelet/config.yaml when kubeadm writes it at join.
+//!   The still-accepted (deprecated, not removed) flags stay as well: they are the only thing
+//!   a kubelet started without kubeadm, or joined without the patches directory, would see,
+//!   and without them such a kubelet silently uses the cgroupfs driver while containerd uses
+//!   systemd. They carry the same values as the patch, so the two cannot disagree; the cost is
+//!   one deprecation line per flag in the kubelet log.
 //! * ≥ 1.30: `--config-dir` is on by default; a fragment carries endpoint, cgroup driver and
-//!   timeout, and overrides kubeadm's config.yaml field by field.
+//!   timeout, and overrides kubeadm's config.yaml field by field. The kubeadm patch is
+//!   rendered too, so config.yaml itself (what `kubectl get --raw .../configz` and kubeadm
+//!   upgrades see) agrees with the fragment.
 //!
 //! A later harness reads the endpoint and the cgroup driver back from these files, so both
 //! are written literally (never via a variable or an include).
@@ -37,6 +46,13 @@ use crate::profile::Profile;
 pub const DROPIN_PATH: &str = "etc/systemd/system/kubelet.service.d/20-nodeforge-containerd.conf";
 pub const FRAGMENT_DIR: &str = "/etc/kubernetes/kubelet.conf.d";
 pub const FRAGMENT_PATH: &str = "etc/kubernetes/kubelet.conf.d/20-nodeforge-containerd.conf";
+/// kubeadm's patches directory on the node: the JoinConfiguration must set
+/// `patches.directory` to this path for kubeadm to apply [`PATCH_PATH`] at join.
+pub const PATCHES_DIR: &str = "/etc/kubernetes/patches";
+/// kubeadm names patches `target[suffix][+patchtype].extension` and applies them in name
+/// order; `50` leaves room on both sides, `merge` is a JSON merge patch (RFC 7386), the
+/// simplest correct type for a flat object without strategic-merge metadata.
+pub const PATCH_PATH: &str = "etc/kubernetes/patches/kubeletconfiguration50+merge.yaml";
 /// What `10-kubeadm.conf` sets `KUBELET_CONFIG_ARGS` to (unchanged since kubeadm 1.11).
 const KUBEADM_CONFIG_ARGS: &str = "--config=/var/lib/kubelet/config.yaml";
 const RENDERER: &str = "kubelet";
@@ -86,24 +102,44 @@ Environment=\"KUBELET_CONFIG_ARGS={args}\"
     );
     let mut out = vec![file(DROPIN_PATH, 0o644, dropin, RENDERER)];
     if support.config_dir {
-        let mut fragment = format!(
-            "{header}
-# Read through --config-dir (see the kubelet drop-in); overrides kubeadm's config.yaml.
+        let fragment = kubelet_configuration(
+            p,
+            "Read through --config-dir (see the kubelet drop-in); overrides kubeadm's config.yaml.",
+        );
+        out.push(file(FRAGMENT_PATH, 0o644, fragment, RENDERER));
+    }
+    if support.endpoint_in_config {
+        let patch = kubelet_configuration(
+            p,
+            &format!(
+                "A kubeadm patch (JSON merge) for the `kubeletconfiguration` target: applied to\n\
+                 # /var/lib/kubelet/config.yaml when kubeadm join writes it, if the JoinConfiguration\n\
+                 # sets patches.directory: {PATCHES_DIR}"
+            ),
+        );
+        out.push(file(PATCH_PATH, 0o644, patch, RENDERER));
+    }
+    out
+}
+
+/// The runtime part of a KubeletConfiguration (1.27+ reads `containerRuntimeEndpoint`).
+fn kubelet_configuration(p: &Profile, why: &str) -> String {
+    let mut text = format!(
+        "{header}
+# {why}
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 containerRuntimeEndpoint: {CONTAINERD_SOCKET}
 cgroupDriver: {driver}
 ",
-            header = header("#", p),
-            driver = p.node.cgroup_driver,
-        );
-        if let Some(t) = &p.node.runtime_request_timeout {
-            // Quoted: YAML 1.1 readers could take some duration spellings for numbers.
-            fragment.push_str(&format!("runtimeRequestTimeout: \"{}\"\n", t.as_str()));
-        }
-        out.push(file(FRAGMENT_PATH, 0o644, fragment, RENDERER));
+        header = header("#", p),
+        driver = p.node.cgroup_driver,
+    );
+    if let Some(t) = &p.node.runtime_request_timeout {
+        // Quoted: YAML 1.1 readers could take some duration spellings for numbers.
+        text.push_str(&format!("runtimeRequestTimeout: \"{}\"\n", t.as_str()));
     }
-    out
+    text
 }
 
 #[cfg(test)]
@@ -151,7 +187,31 @@ mod tests {
         assert_eq!(f["containerRuntimeEndpoint"], "unix:///run/containerd/containerd.sock");
         assert_eq!(f["cgroupDriver"], "systemd");
         assert_eq!(f["runtimeRequestTimeout"], "2m");
-        assert_eq!(render(&profile("1.29.3", "1.7.27", "")).len(), 1);
+        let paths: Vec<String> = render(&profile("1.29.3", "1.7.27", "")).iter().map(|r| r.path().to_owned()).collect();
+        assert_eq!(paths, [DROPIN_PATH, PATCH_PATH]);
+        assert_eq!(render(&profile("1.26.3", "1.7.27", "")).len(), 1);
+    }
+
+    #[test]
+    fn kubeadm_patch_from_1_27() {
+        for k8s in ["1.27.0", "1.29.3", "1.30.2", "1.35.1"] {
+            let out = render(&profile(
+                k8s,
+                "2.2.1",
+                "[node]\ncgroup_driver = \"cgroupfs\"\nruntime_request_timeout = \"4m\"\n",
+            ));
+            let patch = text(&out, PATCH_PATH);
+            assert!(patch.contains(&format!("patches.directory: {PATCHES_DIR}")), "{patch}");
+            let f: serde_json::Value = serde_saphyr::from_str(patch).unwrap();
+            assert_eq!(f["kind"], "KubeletConfiguration", "{k8s}");
+            assert_eq!(f["containerRuntimeEndpoint"], "unix:///run/containerd/containerd.sock", "{k8s}");
+            assert_eq!(f["cgroupDriver"], "cgroupfs", "{k8s}");
+            assert_eq!(f["runtimeRequestTimeout"], "4m", "{k8s}");
+        }
+        assert!(PATCH_PATH.starts_with(PATCHES_DIR.trim_start_matches('/')));
+        // The belt for kubelets without kubeadm on 1.27–1.29: the deprecated flags stay.
+        let d = dropin("1.28.9", "");
+        assert!(d.contains("--container-runtime-endpoint=") && d.contains("--cgroup-driver=systemd"), "{d}");
     }
 
     #[test]

@@ -6,10 +6,10 @@
 //! Version-dependent choices come from [`crate::compat`] or are documented where they are made.
 
 mod cni;
-mod containerd_config;
+pub mod containerd_config;
 mod containerd_service;
 mod crictl;
-mod kubelet;
+pub mod kubelet;
 pub mod kubelet_service;
 mod preload;
 mod registry;
@@ -135,17 +135,10 @@ pub fn sandbox_image(p: &Profile) -> ImageRef {
     p.node.sandbox_image.clone().unwrap_or_else(|| compat::default_sandbox_image(&p.kubernetes.version))
 }
 
-/// The containerd lines these renderers know. 2.x needs config schema v3 and a unit without
-/// `LimitNOFILE`; < 1.4 has no bundle in the supported layout (runtime-facts §1.1, §3.1).
+/// The containerd lines these renderers know: 1.4 and newer (< 1.4 has no bundle in the
+/// supported layout and no CRI config this renderer writes, runtime-facts §1.1, §3.1).
 fn check_supported(p: &Profile) -> Result<()> {
     let v = &p.containerd.version;
-    if v.major >= 2 {
-        bail!(
-            "profile `{}`: containerd {v} reads config schema v3, and rendering v3 is not supported yet; \
-             use a containerd 1.4–1.7 profile",
-            p.name
-        );
-    }
     if !v.at_least(1, 4, 0) {
         bail!("profile `{}`: containerd {v} is older than 1.4, the oldest line nodeforge renders for", p.name);
     }
@@ -239,9 +232,9 @@ mod tests {
 
     #[test]
     fn unsupported_containerd_lines_are_refused() {
-        let err = render_profile(&profile("1.32.0", "2.0.0", "")).unwrap_err().to_string();
-        assert!(err.contains("v3") && err.contains("not supported"), "{err}");
-        assert!(render_profile(&profile("1.14.10", "1.3.9", "")).is_err());
+        let err = render_profile(&profile("1.14.10", "1.3.9", "")).unwrap_err().to_string();
+        assert!(err.contains("older than 1.4"), "{err}");
+        assert!(render_profile(&profile("1.32.0", "2.0.0", "")).is_ok());
     }
 
     #[test]

@@ -7,6 +7,13 @@
 //! From the resulting kubelet arguments we follow `--config` and `--config-dir` to the
 //! KubeletConfiguration files, applied the way the kubelet does: the `--config` file, then
 //! `*.conf` files in `--config-dir` in lexical order (later wins), then command-line flags.
+//!
+//! The `--config` file is written by `kubeadm join`, which first applies the
+//! `kubeletconfiguration*` patches of its patches directory (nodeforge renders one into
+//! [`PATCHES_DIR`]; the JoinConfiguration names that directory). No kubeadm runs in the test
+//! guest, so those patches are applied here, in kubeadm's order (file name), on top of the
+//! `--config` file as it is now: what config.yaml will hold after the join. They count only
+//! when a `--config` flag exists, since only a kubeadm-managed kubelet reads that file.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -18,6 +25,8 @@ use crate::exec::Runner;
 use crate::systemd;
 
 pub const UNIT: &str = "kubelet.service";
+/// kubeadm's patches directory as nodeforge renders it (`nodeforge::render::kubelet::PATCHES_DIR`).
+pub const PATCHES_DIR: &str = "/etc/kubernetes/patches";
 
 /// What the kubelet would use, and where each value came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,6 +73,11 @@ struct ConfigFragment {
 /// Resolves the kubelet's view through systemd. `default_endpoint` is used only when
 /// kubelet.service has no drop-in at all (said so in the sources).
 pub fn resolve(runner: &dyn Runner, default_endpoint: &str) -> Result<KubeletView> {
+    resolve_with_patches(runner, default_endpoint, Path::new(PATCHES_DIR))
+}
+
+/// [`resolve`] with kubeadm's patches directory given (tests use a temporary one).
+pub fn resolve_with_patches(runner: &dyn Runner, default_endpoint: &str, patches_dir: &Path) -> Result<KubeletView> {
     let props = systemd::show(runner, UNIT, &["LoadState", "DropInPaths", "Environment", "EnvironmentFiles"])?;
     let get = |k: &str| props.get(k).map(String::as_str).unwrap_or("");
     let drop_in_paths = systemd::split_words(get("DropInPaths"));
@@ -117,10 +131,11 @@ pub fn resolve(runner: &dyn Runner, default_endpoint: &str) -> Result<KubeletVie
     };
 
     let mut config_files = Vec::new();
-    if let Some((path, _)) = flag("--config")
-        && Path::new(&path).is_file()
-    {
-        config_files.push(path);
+    if let Some((path, _)) = flag("--config") {
+        if Path::new(&path).is_file() {
+            config_files.push(path);
+        }
+        config_files.extend(kubeadm_patches(patches_dir)?);
     }
     if let Some((dir, _)) = flag("--config-dir") {
         config_files.extend(config_dir_files(Path::new(&dir))?);
@@ -201,6 +216,32 @@ fn config_dir_files(dir: &Path) -> Result<Vec<String>> {
     Ok(files)
 }
 
+/// kubeadm's `kubeletconfiguration[suffix][+patchtype].(yaml|json)` patches, in the order
+/// kubeadm applies them. Only merge and strategic patches are read (a JSON patch is a list of
+/// operations, not a KubeletConfiguration); for the two top-level scalar fields read here both
+/// mean "replace the value".
+fn kubeadm_patches(dir: &Path) -> Result<Vec<String>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(e).with_context(|| format!("reading kubeadm patches directory {}", dir.display())),
+    };
+    let mut files: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let Some(stem) = name.strip_suffix(".yaml").or_else(|| name.strip_suffix(".json")) else { return false };
+            let Some(rest) = stem.strip_prefix("kubeletconfiguration") else { return false };
+            let kind = rest.split_once('+').map_or("strategic", |(_, k)| k);
+            matches!(kind, "strategic" | "merge") && p.is_file()
+        })
+        .map(|p| p.display().to_string())
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
 fn read_fragment(path: &Path) -> Result<ConfigFragment> {
     let text = fs::read_to_string(path).with_context(|| format!("reading KubeletConfiguration {}", path.display()))?;
     if text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
@@ -238,7 +279,7 @@ mod tests {
              Environment=\"KUBELET_CONFIG_ARGS=--config=/nonexistent/config.yaml --config-dir={}\"\nEnvironmentFiles=\n",
             conf_d.display()
         );
-        let v = resolve(&show(&text), "unix:///default.sock").unwrap();
+        let v = resolve_with_patches(&show(&text), "unix:///default.sock", Path::new(NO_PATCHES_DIR)).unwrap();
         assert_eq!(v.endpoint, "unix:///run/containerd/containerd.sock");
         assert!(v.endpoint_source.ends_with("20-nodeforge-containerd.conf"), "{}", v.endpoint_source);
         assert_eq!(v.cgroup_driver.as_deref(), Some("systemd")); // 20- sorts after 10-
@@ -263,10 +304,50 @@ mod tests {
             cfg.display(),
             env.display()
         );
-        let v = resolve(&show(&text), "unix:///default.sock").unwrap();
+        let v = resolve_with_patches(&show(&text), "unix:///default.sock", Path::new(NO_PATCHES_DIR)).unwrap();
         assert_eq!(v.endpoint, "unix:///var/run/containerd/containerd.sock");
         assert_eq!(v.cgroup_driver.as_deref(), Some("cgroupfs"));
         assert!(v.cgroup_driver_source.contains("kubeadm-flags.env"), "{}", v.cgroup_driver_source);
+    }
+
+    const NO_PATCHES_DIR: &str = "/nonexistent/kubeadm-patches";
+    const GOLDEN_PATCH: &str = include_str!(
+        "../../../builder/tests/golden/test-k8s-1.28-flags/etc/kubernetes/patches/kubeletconfiguration50+merge.yaml"
+    );
+
+    #[test]
+    fn applies_kubeadm_patches_to_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("config.yaml");
+        fs::write(
+            &cfg,
+            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\ncgroupDriver: systemd\n",
+        )
+        .unwrap();
+        let patches = dir.path().join("patches");
+        fs::create_dir(&patches).unwrap();
+        fs::write(patches.join("kubeletconfiguration50+merge.yaml"), GOLDEN_PATCH).unwrap();
+        // Ignored: another target, and a JSON patch (a list of operations).
+        fs::write(patches.join("etcd.yaml"), "cgroupDriver: systemd\n").unwrap();
+        fs::write(patches.join("kubeletconfiguration99+json.yaml"), "- op: remove\n  path: /cgroupDriver\n").unwrap();
+        let text = format!(
+            "LoadState=loaded\nDropInPaths=/etc/systemd/system/kubelet.service.d/20-nodeforge-containerd.conf\n\
+             Environment=\"KUBELET_CONFIG_ARGS=--config={}\"\nEnvironmentFiles=\n",
+            cfg.display()
+        );
+        let v = resolve_with_patches(&show(&text), "unix:///default.sock", &patches).unwrap();
+        // The golden 1.28 profile uses cgroupfs; its patch overrides kubeadm's systemd default.
+        assert_eq!(v.cgroup_driver.as_deref(), Some("cgroupfs"));
+        assert!(v.cgroup_driver_source.contains("kubeletconfiguration50+merge.yaml"), "{}", v.cgroup_driver_source);
+        assert_eq!(v.endpoint, "unix:///run/containerd/containerd.sock");
+        assert_eq!(v.config_files.len(), 2);
+
+        // Without a --config flag the kubelet is not kubeadm's, and the patches do not apply.
+        let text =
+            "LoadState=loaded\nDropInPaths=/etc/x.conf\nEnvironment=A=--cgroup-driver=systemd\nEnvironmentFiles=\n";
+        let v = resolve_with_patches(&show(text), "unix:///default.sock", &patches).unwrap();
+        assert!(v.config_files.is_empty());
+        assert_eq!(v.cgroup_driver.as_deref(), Some("systemd"));
     }
 
     #[test]
