@@ -130,7 +130,7 @@ fn synthesized(containerd: &str, kubernetes: &str) -> LoadedProfile {
     let text = format!(
         "name = \"matrix\"\n[kubernetes]\nversion = \"{kubernetes}\"\n[containerd]\nversion = \"{containerd}\"\n\
          [containerd.release]\nsha256 = \"{z}\"\n[runc]\nversion = \"1.3.4\"\nsha256 = \"{z}\"\n\
-         [cni_plugins]\nversion = \"1.8.0\"\nsha256 = \"{z}\"\n"
+         [cni_plugins]\nversion = \"1.8.0\"\nsha256 = \"{z}\"\n[crictl]\nversion = \"1.35.0\"\nsha256 = \"{z}\"\n"
     );
     let profile = Profile::parse(&text).expect("synthesized profile parses");
     LoadedProfile { path: "matrix.toml".into(), profile, sha256: Sha256Hex([0; 32]) }

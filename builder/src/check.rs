@@ -219,6 +219,14 @@ pub fn check(loaded: &LoadedProfile) -> Vec<Finding> {
             "move the node to cgroup v2 (node.cgroup_version = 2) before upgrading past 1.34".into(),
         );
     }
+    if let Some(why) = compat::outside_release_matrix(ctr, k8s) {
+        warn(
+            "outside-release-matrix",
+            format!("containerd {ctr} with Kubernetes {k8s}: {why}"),
+            "use containerd 1.7 or 2.x for this Kubernetes (or the newest 1.6 patch release if the line must stay)"
+                .into(),
+        );
+    }
     // runtime-facts §1.4: deprecated since 1.6.
     if bundle && ctr.at_least(1, 6, 0) && ctr.major < 2 {
         warn(
@@ -409,6 +417,14 @@ mod tests {
         // The per-component release of a 1.7 is not the deprecated bundle.
         assert!(!codes(&check(&load_components("", "1.33.8", "1.7.27"))).contains(&"bundle-deprecated"));
         assert!(codes(&check(&load("", "1.33.8", "1.7.27"))).contains(&"bundle-deprecated"));
+    }
+
+    #[test]
+    fn containerd_release_matrix_is_warned() {
+        assert!(codes(&check(&load_components("", "1.35.1", "1.6.39"))).contains(&"outside-release-matrix"));
+        assert!(codes(&check(&load_components("", "1.30.2", "1.6.14"))).contains(&"outside-release-matrix"));
+        assert!(!codes(&check(&load_components("", "1.34.0", "1.6.39"))).contains(&"outside-release-matrix"));
+        assert!(!codes(&check(&load_components("", "1.35.1", "1.7.27"))).contains(&"outside-release-matrix"));
     }
 
     #[test]

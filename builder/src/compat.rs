@@ -78,6 +78,21 @@ pub fn registry_config_path(containerd: &Version) -> bool {
     containerd.at_least(1, 5, 0)
 }
 
+/// Where containerd's own release matrix (RELEASES.md "Kubernetes Support", runtime-facts §4.1)
+/// stops recommending a containerd line for a Kubernetes minor: 1.6 before 1.6.15 for 1.26+,
+/// and 1.6 altogether for 1.35+. `None` when the pairing is within it or the table is silent.
+pub fn outside_release_matrix(containerd: &Version, kubernetes: &Version) -> Option<&'static str> {
+    if containerd.minor_line() != (1, 6) {
+        None
+    } else if kubernetes.at_least(1, 35, 0) {
+        Some("containerd's release matrix drops the 1.6 line for Kubernetes 1.35")
+    } else if kubernetes.at_least(1, 26, 0) && !containerd.at_least(1, 6, 15) {
+        Some("containerd's release matrix recommends 1.6.15 or newer for Kubernetes 1.26+")
+    } else {
+        None
+    }
+}
+
 /// containerd 1.6 and 1.7 serve `runtime.v1alpha2` beside v1; 2.0 removed it (containerd
 /// RELEASES.md, note under the deprecated-versions table).
 pub fn containerd_serves_v1alpha2(containerd: &Version) -> bool {
