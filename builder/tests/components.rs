@@ -54,6 +54,10 @@ struct Download {
 /// The sources of a per-component node for `arch`, binaries built for ELF `machine`.
 struct Release {
     arch: &'static str,
+    containerd_version: &'static str,
+    k8s_version: &'static str,
+    /// Extra profile text (e.g. `[node]` settings a version needs).
+    extra: &'static str,
     containerd: Download,
     runc: Download,
     cni: Download,
@@ -62,8 +66,17 @@ struct Release {
 }
 
 fn containerd_entries(machine: u16) -> Vec<RawEntry> {
+    let mut v = containerd_2x_entries(machine);
+    for b in ["containerd-shim", "containerd-shim-runc-v1"] {
+        v.push(file(leak(format!("bin/{b}")), elf(machine)));
+    }
+    v
+}
+
+/// containerd 2.x's `bin/`: no v1 shims.
+fn containerd_2x_entries(machine: u16) -> Vec<RawEntry> {
     let mut v: Vec<RawEntry> = vec![("bin/", b'5', "", vec![])];
-    for b in ["containerd", "containerd-shim", "containerd-shim-runc-v1", "containerd-shim-runc-v2", "ctr"] {
+    for b in ["containerd", "containerd-shim-runc-v2", "ctr"] {
         v.push(file(leak(format!("bin/{b}")), elf(machine)));
     }
     v.push(file("bin/containerd-stress", elf(machine)));
@@ -85,20 +98,35 @@ fn leak(s: String) -> &'static str {
 }
 
 fn release(arch: &'static str, machine: u16) -> Release {
+    release_of(arch, machine, "1.7.27", "1.32.4", "", containerd_entries(machine))
+}
+
+fn release_of(
+    arch: &'static str,
+    machine: u16,
+    containerd_version: &'static str,
+    k8s_version: &'static str,
+    extra: &'static str,
+    containerd: Vec<RawEntry>,
+) -> Release {
     let kube = ["kubelet", "kubeadm", "kubectl"]
         .into_iter()
         .map(|n| {
             // Distinct bytes per binary, so each has its own digest.
             let mut bytes = elf(machine);
             bytes.extend_from_slice(n.as_bytes());
-            (n, Download { path: format!("/release/v1.32.4/bin/linux/{arch}/{n}"), bytes })
+            (n, Download { path: format!("/release/v{k8s_version}/bin/linux/{arch}/{n}"), bytes })
         })
         .collect();
+    let v = containerd_version;
     Release {
         arch,
+        containerd_version,
+        k8s_version,
+        extra,
         containerd: Download {
-            path: format!("/containerd/containerd/releases/download/v1.7.27/containerd-1.7.27-linux-{arch}.tar.gz"),
-            bytes: gz(&tar(&containerd_entries(machine))),
+            path: format!("/containerd/containerd/releases/download/v{v}/containerd-{v}-linux-{arch}.tar.gz"),
+            bytes: gz(&tar(&containerd)),
         },
         runc: Download {
             path: format!("/opencontainers/runc/releases/download/v1.2.5/runc.{arch}"),
@@ -127,16 +155,17 @@ impl Release {
     fn profile(&self, crictl: bool) -> String {
         let mut t = format!(
             "name = \"components-{}\"\narch = \"{}\"\n\
-             [kubernetes]\nversion = \"1.32.4\"\n[kubernetes.binaries]\n",
-            self.arch, self.arch
+             [kubernetes]\nversion = \"{}\"\n[kubernetes.binaries]\n",
+            self.arch, self.arch, self.k8s_version
         );
         for (n, d) in &self.kube {
             t.push_str(&format!("{n} = \"{}\"\n", sha(&d.bytes)));
         }
         t.push_str(&format!(
-            "[containerd]\nversion = \"1.7.27\"\n[containerd.release]\nsha256 = \"{}\"\n\
+            "[containerd]\nversion = \"{}\"\n[containerd.release]\nsha256 = \"{}\"\n\
              [runc]\nversion = \"1.2.5\"\nsha256 = \"{}\"\n\
              [cni_plugins]\nversion = \"1.6.2\"\nsha256 = \"{}\"\n",
+            self.containerd_version,
             sha(&self.containerd.bytes),
             sha(&self.runc.bytes),
             sha(&self.cni.bytes)
@@ -144,6 +173,7 @@ impl Release {
         if crictl {
             t.push_str(&format!("[crictl]\nversion = \"1.32.0\"\nsha256 = \"{}\"\n", sha(&self.crictl.bytes)));
         }
+        t.push_str(self.extra);
         t
     }
 
@@ -283,6 +313,26 @@ fn amd64_per_component_build_installs_every_part() {
 #[test]
 fn arm64_per_component_build_installs_every_part() {
     build_and_check("arm64", EM_AARCH64);
+}
+
+#[test]
+fn containerd_2x_per_component_build_has_no_v1_shims() {
+    let rel = release_of(
+        "arm64",
+        EM_AARCH64,
+        "2.2.1",
+        "1.35.1",
+        "[node]\ncgroup_version = 2\n",
+        containerd_2x_entries(EM_AARCH64),
+    );
+    let st = Setup::new(&rel, true);
+    let out = st.path("out");
+    let o = st.run(&["build", "--out", s(&out)]);
+    assert!(o.status.success(), "{}", text(&o));
+    let files = manifest_files(&out);
+    let has = |p: &str| files.iter().any(|(f, _)| f == p);
+    assert!(has("/usr/local/bin/containerd-shim-runc-v2") && has("/usr/local/bin/ctr") && has("/usr/bin/kubelet"));
+    assert!(!has("/usr/local/bin/containerd-shim") && !has("/usr/local/bin/containerd-shim-runc-v1"));
 }
 
 #[test]
