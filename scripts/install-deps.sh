@@ -9,12 +9,14 @@
 #   dosfstools, mtools    `fsck.fat` and `mcopy` for the seed image (blkid is in util-linux)
 #   cpio                  GNU cpio reads the overlay cpio
 #   dpkg-dev / apt        `apt-get download` + `dpkg-deb -x` build the offline stand-in release
+#                         (amd64, and arm64 through `dpkg --add-architecture arm64`)
 #   python3               serves the stand-in mirror over HTTP in `make demo`
 #   qemu-system-x86       test-vm boots guests (the fake guest in its tests, node images)
 #   qemu-utils            qemu-img: `nodeforge image` (convert) and test-vm's per-run COW layer
 #   util-linux            setpriv --pdeathsig: QEMU dies with a SIGKILLed test-vm
 #   debootstrap           fixtures/base/build-base.sh builds the test-node base root tree
 #   e2fsprogs             `nodeforge image` (mkfs.ext4 -d, debugfs); e2fsck checks the disk
+#   binutils              strip: the stand-in packs a stripped crictl stand-in, as upstream ships
 set -euo pipefail
 
 need=()
@@ -36,6 +38,7 @@ want python3 python3
 want gzip gzip
 want sha256sum coreutils
 want cc gcc
+want strip binutils
 want qemu-system-x86_64 qemu-system-x86
 want qemu-img qemu-utils
 want setpriv util-linux
@@ -43,9 +46,25 @@ want debootstrap debootstrap
 want mkfs.ext4 e2fsprogs
 want debugfs e2fsprogs
 
+# The build-only arm64 stand-in (fixtures/standin/build-components.sh) `apt-get download`s
+# Debian's arm64 containerd, runc and CNI plugins: apt must know the architecture. Adding it
+# is idempotent and installs nothing; it costs one `apt-get update` (~3 s here) the first time.
+refresh=
+if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+  echo "install-deps: adding the arm64 architecture for the arm64 stand-in" >&2
+  dpkg --add-architecture arm64
+  refresh=1
+fi
+if [ -z "$(find /var/lib/apt/lists -maxdepth 1 -name '*binary-arm64_Packages*' 2>/dev/null | head -n 1)" ]; then
+  refresh=1
+fi
+
 # The fixtures `apt-get download` the current Debian packages, and a superseded version is
 # gone from the mirror: refresh package lists older than six hours (or missing).
 if [ -z "$(find /var/lib/apt/lists -maxdepth 1 -name '*_Packages*' -mmin -360 2>/dev/null | head -n 1)" ]; then
+  refresh=1
+fi
+if [ -n "$refresh" ]; then
   echo "install-deps: refreshing apt package lists" >&2
   apt-get update -qq
 fi

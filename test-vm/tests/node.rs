@@ -1,7 +1,10 @@
 //! The whole mission, end to end, for real: the offline stand-in release served on
 //! 127.0.0.1 → `nodeforge image` on the debootstrap base → `test-vm boot` under QEMU, with
-//! nodeforge's guest agent checking the node stage by stage over CRI. Two disk boots of
-//! profiles that differ in cgroup driver and pod subnet, and one netboot of the cpio artifact.
+//! nodeforge's guest agent checking the node stage by stage over CRI. Two disk boots, one per
+//! runtime source: the cri-containerd-cni bundle (standin.toml: systemd driver) and the
+//! per-component releases, containerd + runc + CNI plugins + crictl (standin-components.toml:
+//! cgroupfs driver, another pod subnet; its crictl is checked by the agent's `cri` stage),
+//! and one netboot of the cpio artifact.
 //!
 //! Slow by nature (each boot is about a minute under TCG): the boots take turns, because
 //! two TCG guests on a 2-core machine would each run at half speed and race their timeouts.
@@ -147,10 +150,17 @@ fn disk_boot_systemd_driver() {
     assert_node(&report, "10.88.0.0/16");
 }
 
+/// The per-component path: containerd's own archive, runc, the CNI plugins and crictl as
+/// separate releases, with the cgroupfs driver and another pod subnet.
 #[test]
-fn disk_boot_cgroupfs_driver_other_subnet() {
-    let report = boot(&image("standin-cgroupfs"), false);
+fn disk_boot_per_component_release_cgroupfs_driver_other_subnet() {
+    let report = boot(&image("standin-components"), false);
     assert_node(&report, "10.244.7.0/24");
+    // The profile pins crictl: the agent ran it on the node, through the rendered crictl.yaml.
+    let cri = report["stages"].as_array().unwrap().iter().find(|s| s["name"] == "cri").unwrap();
+    let crictl = &cri["detail"]["crictl"];
+    assert_eq!(crictl["path"], "/usr/local/bin/crictl", "{cri:#}");
+    assert_eq!(crictl["version"]["runtime_name"], "containerd", "{cri:#}");
 }
 
 #[test]

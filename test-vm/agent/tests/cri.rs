@@ -259,7 +259,7 @@ fn stages_against_a_real_containerd() {
     for api in [CriApi::V1, CriApi::V1alpha2] {
         let e = expect(api, driver, &ctrd.socket);
         let t = Instant::now();
-        let o = rt.block_on(cri::run(&ctrd.socket, &e, dl()));
+        let o = rt.block_on(cri::run(&SystemRunner, &ctrd.socket, None, &e, dl()));
         assert!(o.ok, "cri {api:?}: {o:#?}\n{}", ctrd.log());
         assert_eq!(o.detail["version"]["runtime_api_version"], api.as_str());
         eprintln!("cri {}: {:?} {}", api.as_str(), t.elapsed(), o.message);

@@ -79,6 +79,9 @@ impl RuntimeStatus {
 pub struct ImageInfo {
     pub id: String,
     pub repo_tags: Vec<String>,
+    pub repo_digests: Vec<String>,
+    /// Bytes, as the runtime reports them.
+    pub size: u64,
     /// CRI's `Image.pinned` as the runtime filled it (containerd before 1.6.22/1.7.3, and
     /// every v1alpha2 server, leaves it false).
     pub pinned: bool,
@@ -117,6 +120,35 @@ pub enum ContainerState {
     Running,
     Exited,
     Unknown,
+}
+
+/// One pod sandbox as `ListPodSandbox` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxEntry {
+    pub id: String,
+    pub name: String,
+    pub namespace: String,
+    pub attempt: u32,
+    pub ready: bool,
+    /// Nanoseconds since the epoch.
+    pub created_at: i64,
+    pub runtime_handler: String,
+}
+
+/// One container as `ListContainers` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerEntry {
+    pub id: String,
+    pub pod_sandbox_id: String,
+    pub name: String,
+    pub attempt: u32,
+    /// The image as the container was created with it (a reference or an image ID).
+    pub image: String,
+    /// The image ID the runtime resolved it to.
+    pub image_ref: String,
+    pub state: ContainerState,
+    /// Nanoseconds since the epoch.
+    pub created_at: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,7 +204,13 @@ macro_rules! cri_version {
                 }
 
                 fn image(i: p::Image) -> ImageInfo {
-                    ImageInfo { id: i.id, repo_tags: i.repo_tags, pinned: i.pinned }
+                    ImageInfo {
+                        id: i.id,
+                        repo_tags: i.repo_tags,
+                        repo_digests: i.repo_digests,
+                        size: i.size,
+                        pinned: i.pinned,
+                    }
                 }
 
                 pub async fn list_images(&mut self) -> Result<Vec<ImageInfo>, Status> {
@@ -188,6 +226,54 @@ macro_rules! cri_version {
                         .await?
                         .into_inner();
                     Ok(r.image.map(Self::image))
+                }
+
+                pub async fn list_pod_sandboxes(&mut self) -> Result<Vec<SandboxEntry>, Status> {
+                    let r = self.rt.list_pod_sandbox(p::ListPodSandboxRequest { filter: None }).await?.into_inner();
+                    Ok(r.items
+                        .into_iter()
+                        .map(|s| {
+                            let m = s.metadata.unwrap_or_default();
+                            SandboxEntry {
+                                id: s.id,
+                                name: m.name,
+                                namespace: m.namespace,
+                                attempt: m.attempt,
+                                ready: s.state == p::PodSandboxState::SandboxReady as i32,
+                                created_at: s.created_at,
+                                runtime_handler: s.runtime_handler,
+                            }
+                        })
+                        .collect())
+                }
+
+                fn container_state(state: i32) -> ContainerState {
+                    match p::ContainerState::try_from(state) {
+                        Ok(p::ContainerState::ContainerCreated) => ContainerState::Created,
+                        Ok(p::ContainerState::ContainerRunning) => ContainerState::Running,
+                        Ok(p::ContainerState::ContainerExited) => ContainerState::Exited,
+                        _ => ContainerState::Unknown,
+                    }
+                }
+
+                pub async fn list_containers(&mut self) -> Result<Vec<ContainerEntry>, Status> {
+                    let r = self.rt.list_containers(p::ListContainersRequest { filter: None }).await?.into_inner();
+                    Ok(r.containers
+                        .into_iter()
+                        .map(|c| {
+                            let m = c.metadata.unwrap_or_default();
+                            ContainerEntry {
+                                id: c.id,
+                                pod_sandbox_id: c.pod_sandbox_id,
+                                name: m.name,
+                                attempt: m.attempt,
+                                image: c.image.map(|i| i.image).unwrap_or_default(),
+                                image_ref: c.image_ref,
+                                state: Self::container_state(c.state),
+                                created_at: c.created_at,
+                            }
+                        })
+                        .collect())
                 }
 
                 fn sandbox_config(s: &PodSpec) -> p::PodSandboxConfig {
@@ -276,12 +362,7 @@ macro_rules! cri_version {
                 pub async fn container_status(&mut self, id: &str) -> Result<ContainerInfo, Status> {
                     let req = p::ContainerStatusRequest { container_id: id.to_owned(), verbose: false };
                     let st = self.rt.container_status(req).await?.into_inner().status.unwrap_or_default();
-                    let state = match p::ContainerState::try_from(st.state) {
-                        Ok(p::ContainerState::ContainerCreated) => ContainerState::Created,
-                        Ok(p::ContainerState::ContainerRunning) => ContainerState::Running,
-                        Ok(p::ContainerState::ContainerExited) => ContainerState::Exited,
-                        _ => ContainerState::Unknown,
-                    };
+                    let state = Self::container_state(st.state);
                     Ok(ContainerInfo {
                         state,
                         exit_code: st.exit_code,
@@ -361,6 +442,12 @@ impl Cri {
     }
     pub async fn image_status(&mut self, image: &str) -> Result<Option<ImageInfo>, tonic::Status> {
         dispatch!(self, c => c.image_status(image).await)
+    }
+    pub async fn list_pod_sandboxes(&mut self) -> Result<Vec<SandboxEntry>, tonic::Status> {
+        dispatch!(self, c => c.list_pod_sandboxes().await)
+    }
+    pub async fn list_containers(&mut self) -> Result<Vec<ContainerEntry>, tonic::Status> {
+        dispatch!(self, c => c.list_containers().await)
     }
     pub async fn run_pod_sandbox(&mut self, s: &PodSpec) -> Result<String, tonic::Status> {
         dispatch!(self, c => c.run_pod_sandbox(s).await)

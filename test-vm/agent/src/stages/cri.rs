@@ -7,19 +7,35 @@
 //!   failure says what the runtime does serve.
 //! * `Status`: polled until `RuntimeReady` and `NetworkReady` are both true (NetworkReady
 //!   turns true once containerd has loaded a CNI config).
+//! * `crictl version`, when the node has crictl ([`CRICTL`]): run as an operator would, with
+//!   no flags, so it reads the /etc/crictl.yaml nodeforge rendered; it must reach containerd
+//!   (RuntimeName `containerd`) at the expected version. This holds for cri-tools' crictl and
+//!   for the stand-in the offline fixtures ship alike: both print crictl's `Key:  value` lines.
 //!
 //! The socket is passed in; the pipeline resolves it from the kubelet drop-in.
-//! Detail: `version` (the four fields), `conditions`, `status_polls`.
+//! Detail: `version` (the four fields), `conditions`, `status_polls`, `crictl` (`path` and
+//! its `version` fields, or `absent`).
 
 use std::path::Path;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use super::{Deadline, Outcome, POLL, connect_cri};
 use crate::cri::{Cri, VersionInfo, status_text};
+use crate::exec::Runner;
 use crate::expect::Expect;
 
-pub async fn run(socket: &Path, expect: &Expect, dl: Deadline) -> Outcome {
+/// Where both the release bundle and the per-component crictl release put crictl.
+pub const CRICTL: &str = "/usr/local/bin/crictl";
+
+/// How long `crictl version` may take (its own connection timeout is 2 s by default, 10 s
+/// with nodeforge's crictl.yaml).
+const CRICTL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `crictl` is the node's crictl if it has one (the pipeline passes [`CRICTL`] when that
+/// file exists), checked after the CRI checks pass.
+pub async fn run(runner: &dyn Runner, socket: &Path, crictl: Option<&Path>, expect: &Expect, dl: Deadline) -> Outcome {
     let mut cri = match connect_cri(socket, expect.cri_api, dl).await {
         Ok(c) => c,
         Err(e) => return Outcome::fail(format!("{e:#}"), json!({})),
@@ -47,15 +63,89 @@ pub async fn run(socket: &Path, expect: &Expect, dl: Deadline) -> Outcome {
     }
 
     let (ok, conditions, polls) = wait_ready(&mut cri, dl).await;
-    let detail = json!({"version": version, "conditions": conditions, "status_polls": polls});
+    let mut detail = json!({"version": version, "conditions": conditions, "status_polls": polls});
     if !ok {
         return Outcome::fail(format!("runtime not ready after {:?}: {}", dl.budget(), summary(&conditions)), detail);
     }
-    let msg = format!(
+    let mut msg = format!(
         "{} {} serves CRI {}; RuntimeReady and NetworkReady",
         v.runtime_name, v.runtime_version, v.runtime_api_version
     );
+    match crictl {
+        None => detail["crictl"] = json!("absent"),
+        Some(path) => {
+            let timeout = CRICTL_TIMEOUT.min(dl.remaining()).max(Duration::from_secs(1));
+            let (result, crictl_detail) = check_crictl(runner, path, expect, timeout);
+            detail["crictl"] = crictl_detail;
+            match result {
+                Ok(()) => msg.push_str("; crictl reaches it through /etc/crictl.yaml"),
+                Err(problem) => return Outcome::fail(problem, detail),
+            }
+        }
+    }
     Outcome::pass(msg, detail)
+}
+
+/// Runs `crictl version` and checks that it reached containerd at the expected version.
+/// Returns the verdict and the detail to report (the parsed fields, or the output).
+pub fn check_crictl(
+    runner: &dyn Runner,
+    crictl: &Path,
+    expect: &Expect,
+    timeout: Duration,
+) -> (Result<(), String>, Value) {
+    let program = crictl.to_string_lossy();
+    let out = match runner.run(&program, &["version"], timeout) {
+        Ok(o) => o,
+        Err(e) => return (Err(format!("cannot run `{program} version`: {e}")), json!({"path": program})),
+    };
+    let raw =
+        json!({"path": program, "stdout": super::tail(&out.stdout, 400), "stderr": super::tail(&out.stderr, 400)});
+    if out.timed_out {
+        return (Err(format!("`{program} version` did not finish within {timeout:?}")), raw);
+    }
+    if out.code != Some(0) {
+        let why = super::tail(&out.stderr, 300);
+        return (Err(format!("`{program} version` exited with {:?}: {why}", out.code)), raw);
+    }
+    let v = match parse_crictl_version(&out.stdout) {
+        Ok(v) => v,
+        Err(e) => return (Err(format!("`{program} version`: {e}")), raw),
+    };
+    let detail = json!({"path": program, "version": version_json(&v)});
+    let mut problems = Vec::new();
+    if v.runtime_name != "containerd" {
+        problems.push(format!("RuntimeName is `{}`, not containerd", v.runtime_name));
+    }
+    if !expect.containerd_version.is_empty() && !version_matches(&v.runtime_version, &expect.containerd_version) {
+        problems.push(format!(
+            "RuntimeVersion is `{}`, expected containerd {}",
+            v.runtime_version, expect.containerd_version
+        ));
+    }
+    if problems.is_empty() {
+        (Ok(()), detail)
+    } else {
+        (Err(format!("`{program} version` (reading /etc/crictl.yaml): {}", problems.join("; "))), detail)
+    }
+}
+
+/// crictl's `version` output: `Version:  0.1.0`, `RuntimeName:  containerd`,
+/// `RuntimeVersion:  v1.6.20`, `RuntimeApiVersion:  v1`, one per line (Go's `Println` puts
+/// the two spaces there). Other lines (warnings some versions print) are ignored.
+pub fn parse_crictl_version(stdout: &str) -> Result<VersionInfo, String> {
+    let field = |key: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.split_once(':').filter(|(k, _)| k.trim() == key).map(|(_, v)| v.trim().to_owned()))
+            .ok_or_else(|| format!("no `{key}:` line in its output: {:?}", super::tail(stdout, 200)))
+    };
+    Ok(VersionInfo {
+        version: field("Version")?,
+        runtime_name: field("RuntimeName")?,
+        runtime_version: field("RuntimeVersion")?,
+        runtime_api_version: field("RuntimeApiVersion")?,
+    })
 }
 
 fn version_json(v: &VersionInfo) -> Value {
@@ -167,5 +257,63 @@ mod tests {
         e.containerd_version = "1.7.0".into();
         assert_eq!(version_problems(&v, &e).len(), 2);
         assert_eq!(e.cgroup_driver, CgroupDriver::Systemd);
+    }
+
+    /// What cri-tools' crictl 1.24 prints for `crictl version` against containerd 1.6.20.
+    const REAL_CRICTL: &str =
+        "Version:  0.1.0\nRuntimeName:  containerd\nRuntimeVersion:  v1.6.20\nRuntimeApiVersion:  v1\n";
+
+    #[test]
+    fn crictl_version_output_is_parsed() {
+        let v = parse_crictl_version(REAL_CRICTL).unwrap();
+        assert_eq!(
+            v,
+            VersionInfo {
+                version: "0.1.0".into(),
+                runtime_name: "containerd".into(),
+                runtime_version: "v1.6.20".into(),
+                runtime_api_version: "v1".into(),
+            }
+        );
+        // A warning line before the fields (old crictl without a config file) is skipped.
+        let warned = format!("WARN[0000] image connect using default endpoints\n{REAL_CRICTL}");
+        assert_eq!(parse_crictl_version(&warned).unwrap(), v);
+        let e = parse_crictl_version("Version:  0.1.0\n").unwrap_err();
+        assert!(e.contains("no `RuntimeName:` line"), "{e}");
+    }
+
+    #[test]
+    fn crictl_is_run_and_judged() {
+        use crate::exec::CmdOutput;
+        use crate::exec::fake::FakeRunner;
+        let path = Path::new(CRICTL);
+        let t = Duration::from_secs(5);
+        let cmd = "/usr/local/bin/crictl version";
+
+        let r = FakeRunner::new().on(cmd, CmdOutput::ok(REAL_CRICTL));
+        let (res, detail) = check_crictl(&r, path, &expect(), t);
+        assert_eq!(res, Ok(()));
+        assert_eq!(detail["version"]["runtime_version"], "v1.6.20");
+        assert_eq!(*r.calls.borrow(), [cmd]);
+
+        // Debian's containerd says `1.6.20~ds1`: still 1.6.20. Another version is not.
+        let debian = REAL_CRICTL.replace("v1.6.20", "1.6.20~ds1");
+        let r = FakeRunner::new().on(cmd, CmdOutput::ok(&debian));
+        assert_eq!(check_crictl(&r, path, &expect(), t).0, Ok(()));
+        let r = FakeRunner::new().on(cmd, CmdOutput::ok(&REAL_CRICTL.replace("v1.6.20", "v1.7.13")));
+        let err = check_crictl(&r, path, &expect(), t).0.unwrap_err();
+        assert!(err.contains("RuntimeVersion is `v1.7.13`, expected containerd 1.6.20"), "{err}");
+
+        // crictl pointed elsewhere (no crictl.yaml, another runtime) fails with its words.
+        let r = FakeRunner::new().on(cmd, CmdOutput::ok(&REAL_CRICTL.replace("containerd", "cri-o")));
+        assert!(check_crictl(&r, path, &expect(), t).0.unwrap_err().contains("RuntimeName is `cri-o`"));
+        let mut failed = CmdOutput::exit(1, "");
+        failed.stderr = "FATA[0002] connect: connect endpoint 'unix:///run/containerd/containerd.sock', make sure you are running as root and the endpoint has been started: context deadline exceeded\n".into();
+        let r = FakeRunner::new().on(cmd, failed);
+        let (res, detail) = check_crictl(&r, path, &expect(), t);
+        assert!(res.unwrap_err().contains("exited with Some(1): FATA[0002] connect"));
+        assert!(detail["stderr"].as_str().unwrap().contains("context deadline exceeded"));
+        let r = FakeRunner::new().missing(cmd);
+        assert!(check_crictl(&r, path, &expect(), t).0.unwrap_err().starts_with("cannot run"));
     }
 }

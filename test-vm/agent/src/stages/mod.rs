@@ -159,7 +159,8 @@ async fn run_stage(
                 Ok(s) => s,
                 Err(o) => return o,
             };
-            let mut o = cri::run(&socket, expect, dl).await;
+            let crictl = Path::new(cri::CRICTL);
+            let mut o = cri::run(runner, &socket, crictl.is_file().then_some(crictl), expect, dl).await;
             o.detail.insert("endpoint".into(), json!(view.endpoint));
             o.detail.insert("endpoint_source".into(), json!(view.endpoint_source));
             if view.fallback {
