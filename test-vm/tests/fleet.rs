@@ -1,6 +1,8 @@
 //! The `join` stage through the CLI, and `test-vm fleet`, with the fake guest (see `common`)
 //! under TCG and the stand-in API server on 127.0.0.1 (`common::apiserver`).
 
+// Every test here either needs the join stage or passes --kubeconfig to a fleet.
+#![cfg(feature = "join")]
 #![allow(clippy::unwrap_used)] // a panic is the failure report in a test
 
 mod common;
