@@ -5,15 +5,19 @@
 //! be, from the build manifest) → [`initrd`] (the built initrd plus an archive carrying the
 //! agent) → [`qemu`] (the command line and the always-reaped process, under the accelerator
 //! [`accel`] picked) → [`run`] (watching [`serial`] output and the agent's [`protocol`] lines,
-//! advancing [`stages`]) → [`report`].
+//! advancing [`stages`], then [`join`] through the API server when asked) → [`report`].
+//! [`fleet`] runs that path once per node of one image, in sequence or in parallel.
 
 pub mod accel;
 pub mod cli;
 pub mod expect;
+pub mod fleet;
 pub mod initrd;
+pub mod join;
 pub mod protocol;
 pub mod qemu;
 pub mod report;
 pub mod run;
+pub mod seed;
 pub mod serial;
 pub mod stages;

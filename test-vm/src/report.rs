@@ -7,7 +7,11 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::accel::Accel;
+use crate::serial::tail_lines;
 use crate::stages::{Stage, Verdict};
+
+/// Lines of serial console printed and put into JUnit on failure.
+pub const TAIL_LINES: usize = 60;
 
 /// The `--json` document.
 #[derive(Debug, Clone, Serialize)]
@@ -86,6 +90,10 @@ pub fn summary(r: &Report) -> String {
         let msg = if s.message.is_empty() { String::new() } else { format!("  {}", first_line(&s.message)) };
         let _ = writeln!(out, "  {:<15} {took:>8}  {verdict}{msg}", s.name);
     }
+    // What `kubectl get node -o wide` would show, as the join stage last saw it.
+    if let Some(row) = r.stages.iter().find_map(|s| s.detail.get("row").and_then(|v| v.as_str())) {
+        out.push_str(row);
+    }
     let total = r.total_ms as f64 / 1000.0;
     let _ = match &r.failure {
         Some(f) => writeln!(out, "verdict: FAIL at stage {} after {total:.1} s", f.stage),
@@ -104,51 +112,130 @@ pub fn write_json(r: &Report, path: &Path) -> Result<()> {
     std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
 }
 
-/// JUnit XML: one `<testcase>` per stage; a failure carries its message and the serial
-/// tail, a stage not reached is `<skipped>`.
-pub fn junit(r: &Report, serial_tail: &str) -> String {
-    let failures = r.stages.iter().filter(|s| s.verdict == Verdict::Fail).count();
-    let skipped = r.stages.iter().filter(|s| s.verdict == Verdict::NotRun).count();
+/// Print the summary to stdout, write `--json` and `--junit`, and on failure say on stderr
+/// what failed, the QEMU command line and the serial console's tail. `label` prefixes the
+/// stderr lines (a fleet's node name). Returns whether every report was written.
+pub fn emit(r: &Report, json: Option<&Path>, junit_path: Option<&Path>, label: &str) -> bool {
+    let tail = tail_lines(&r.serial_log, TAIL_LINES);
+    print!("{}", summary(r));
+    let mut ok = true;
+    let mut written = |res: Result<()>| ok &= res.map_err(|e| eprintln!("test-vm: writing a report: {e:#}")).is_ok();
+    if let Some(path) = json {
+        written(write_json(r, path));
+    }
+    if let Some(path) = junit_path {
+        let doc = junit(&[(suite_name(r, None), Some(r), tail.clone())]);
+        written(std::fs::write(path, doc).with_context(|| format!("writing {}", path.display())));
+    }
+    if let Some(f) = &r.failure {
+        eprintln!("test-vm:{label} stage `{}` failed: {}", f.stage, f.message);
+        eprintln!("test-vm:{label} QEMU command line:\n  {}", r.qemu_command);
+        if let Some(dir) = &r.workdir {
+            eprintln!("test-vm:{label} logs kept in {}", dir.display());
+        }
+        eprintln!("test-vm:{label} serial console, last {TAIL_LINES} lines ({}):\n{tail}", r.serial_log.display());
+    }
+    ok
+}
+
+/// `test-vm.disk`, or `test-vm.disk.NODE` for a fleet's node.
+pub fn suite_name(r: &Report, node: Option<&str>) -> String {
+    match node {
+        Some(n) => format!("test-vm.{}.{n}", r.mode),
+        None => format!("test-vm.{}", r.mode),
+    }
+}
+
+/// A JUnit XML document: one `<testsuite>` per run (a single boot has one; a fleet one per
+/// node), one `<testcase>` per stage; a failure carries its message and the serial tail, a
+/// stage not reached is `<skipped>`. A run with no report (`None`: it could not be set up or
+/// was never started) is a suite with one `setup` testcase carrying the reason as an error.
+pub fn junit(suites: &[(String, Option<&Report>, String)]) -> String {
     let time = |ms: Option<u64>| format!("{:.3}", ms.unwrap_or(0) as f64 / 1000.0);
-    let suite = format!("test-vm.{}", r.mode);
+    let count = |r: Option<&Report>, v: Verdict| r.map_or(0, |r| r.stages.iter().filter(|s| s.verdict == v).count());
+    let tests: usize = suites.iter().map(|(_, r, _)| r.map_or(1, |r| r.stages.len())).sum();
+    let failures: usize = suites.iter().map(|(_, r, _)| count(*r, Verdict::Fail)).sum();
+    let errors = suites.iter().filter(|(_, r, _)| r.is_none()).count();
+    let total: u64 = suites.iter().filter_map(|(_, r, _)| r.map(|r| r.total_ms)).sum();
     let mut x = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     let _ = writeln!(
         x,
-        "<testsuites name=\"test-vm\" tests=\"{}\" failures=\"{failures}\" time=\"{}\">",
-        r.stages.len(),
-        time(Some(r.total_ms))
+        "<testsuites name=\"test-vm\" tests=\"{tests}\" failures=\"{failures}\" errors=\"{errors}\" time=\"{}\">",
+        time(Some(total))
     );
-    let _ = writeln!(
-        x,
-        "  <testsuite name=\"{suite}\" tests=\"{}\" failures=\"{failures}\" errors=\"0\" skipped=\"{skipped}\" time=\"{}\">",
-        r.stages.len(),
-        time(Some(r.total_ms))
-    );
-    let accel = r.accel.map_or("none", Accel::as_str);
-    let _ = writeln!(x, "    <properties><property name=\"accel\" value=\"{accel}\"/></properties>");
-    for s in &r.stages {
-        let open =
-            format!("    <testcase classname=\"{suite}\" name=\"{}\" time=\"{}\"", xml(&s.name), time(s.duration_ms));
-        match s.verdict {
-            Verdict::Pass => {
-                let _ = writeln!(x, "{open}/>");
-            }
-            Verdict::Fail => {
-                let _ = writeln!(x, "{open}>");
-                let body = format!("{}\n\nserial console (last lines):\n{serial_tail}", s.message);
-                let _ = writeln!(x, "      <failure message=\"{}\">{}</failure>", xml(&s.message), xml(&body));
-                let _ = writeln!(x, "    </testcase>");
-            }
-            Verdict::NotRun => {
-                let _ = writeln!(
-                    x,
-                    "{open}>\n      <skipped message=\"not run: an earlier stage failed\"/>\n    </testcase>"
-                );
+    for (name, report, text) in suites {
+        let suite = xml(name);
+        let Some(r) = report else {
+            let _ = writeln!(
+                x,
+                "  <testsuite name=\"{suite}\" tests=\"1\" failures=\"0\" errors=\"1\" skipped=\"0\" time=\"0.000\">"
+            );
+            let _ = writeln!(x, "    <testcase classname=\"{suite}\" name=\"setup\" time=\"0.000\">");
+            let _ = writeln!(x, "      <error message=\"{}\">{}</error>", xml(first_line(text)), xml(text));
+            x.push_str("    </testcase>\n  </testsuite>\n");
+            continue;
+        };
+        let _ = writeln!(
+            x,
+            "  <testsuite name=\"{suite}\" tests=\"{}\" failures=\"{}\" errors=\"0\" skipped=\"{}\" time=\"{}\">",
+            r.stages.len(),
+            count(Some(r), Verdict::Fail),
+            count(Some(r), Verdict::NotRun),
+            time(Some(r.total_ms))
+        );
+        let accel = r.accel.map_or("none", Accel::as_str);
+        let _ = writeln!(x, "    <properties><property name=\"accel\" value=\"{accel}\"/></properties>");
+        for s in &r.stages {
+            let open = format!(
+                "    <testcase classname=\"{suite}\" name=\"{}\" time=\"{}\"",
+                xml(&s.name),
+                time(s.duration_ms)
+            );
+            match s.verdict {
+                Verdict::Pass => {
+                    let _ = writeln!(x, "{open}/>");
+                }
+                Verdict::Fail => {
+                    let _ = writeln!(x, "{open}>");
+                    let body = format!("{}\n\nserial console (last lines):\n{text}", s.message);
+                    let _ = writeln!(x, "      <failure message=\"{}\">{}</failure>", xml(&s.message), xml(&body));
+                    let _ = writeln!(x, "    </testcase>");
+                }
+                Verdict::NotRun => {
+                    let _ = writeln!(
+                        x,
+                        "{open}>\n      <skipped message=\"not run: an earlier stage failed\"/>\n    </testcase>"
+                    );
+                }
             }
         }
+        x.push_str("  </testsuite>\n");
     }
-    x.push_str("  </testsuite>\n</testsuites>\n");
+    x.push_str("</testsuites>\n");
     x
+}
+
+/// Lay out rows the way kubectl's tabwriter does (minimum width 6, padding 3, the last
+/// column unpadded, trailing blanks trimmed).
+pub fn table(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| (rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0) + 3).max(6))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            if c + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<w$}", w = widths[c]));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 /// Escape for XML text and attributes, dropping characters XML 1.0 cannot carry at all
@@ -222,11 +309,34 @@ mod tests {
 
     #[test]
     fn junit_is_escaped_and_counts() {
-        let x = junit(&report(), "line <1>\x07\n");
+        let r = report();
+        let x = junit(&[(suite_name(&r, None), Some(&r), "line <1>\x07\n".into())]);
         assert!(x.contains("tests=\"3\" failures=\"1\" errors=\"0\" skipped=\"0\""), "{x}");
         assert!(x.contains("name=\"kernel\" time=\"1.500\"/>"), "{x}");
         assert!(x.contains("<failure message=\"no IP &lt;in&gt; &quot;10.88.0.0/16&quot;\">"), "{x}");
         assert!(x.contains("line &lt;1&gt;\n") && !x.contains('\x07') && !x.contains('\x1b'), "{x}");
+    }
+
+    #[test]
+    fn a_combined_junit_has_a_suite_per_node() {
+        let r = report();
+        let x = junit(&[
+            (suite_name(&r, Some("n1")), Some(&r), "tail".into()),
+            ("test-vm.disk.n2".into(), None, "n2: the seed image /s does not exist".into()),
+        ]);
+        assert!(x.contains("<testsuites name=\"test-vm\" tests=\"4\" failures=\"1\" errors=\"1\""), "{x}");
+        assert!(x.contains("<testsuite name=\"test-vm.disk.n1\" tests=\"3\""), "{x}");
+        assert!(x.contains("<testcase classname=\"test-vm.disk.n1\" name=\"kernel\""), "{x}");
+        assert!(x.contains("<error message=\"n2: the seed image /s does not exist\">"), "{x}");
+        assert_eq!(x.matches("<testsuite ").count(), 2);
+        assert_eq!(x.matches("</testsuite>").count(), 2);
+    }
+
+    #[test]
+    fn tables_pad_like_tabwriter() {
+        let t =
+            table(&[vec!["A".into(), "LONGER-HEADER".into(), "Z".into()], vec!["x".into(), "y".into(), "zz".into()]]);
+        assert_eq!(t, "A     LONGER-HEADER   Z\nx     y               zz\n");
     }
 
     #[test]

@@ -15,9 +15,11 @@ use crate::accel::{self, Accel, Probe};
 use crate::cli::BootConfig;
 use crate::expect::{expectations, profile_from_manifest};
 use crate::initrd;
+use crate::join::{self, JOIN_STAGE, JoinSpec};
 use crate::protocol::{AGENT_STAGES, AgentEvent};
 use crate::qemu::{self, Guest, Qemu};
 use crate::report::{AccelAttempt, Failure, Report, extract_results};
+use crate::seed;
 use crate::serial::{self, Signal, Tail};
 use crate::stages::{Tracker, Verdict};
 
@@ -30,8 +32,7 @@ const KERNEL_TIMEOUT_S: u64 = 60;
 /// The harness waits this much longer than the agent's own limit for a stage, so the agent's
 /// detailed failure arrives before the harness's bare timeout.
 const AGENT_GRACE_S: u64 = 5;
-/// Lines of serial console printed and put into JUnit on failure.
-pub const TAIL_LINES: usize = 60;
+pub use crate::report::TAIL_LINES;
 
 /// The outcome of a run that got as far as booting.
 #[derive(Debug)]
@@ -72,14 +73,14 @@ pub fn boot(cfg: &BootConfig, interrupt: &Interrupt) -> Result<Outcome> {
     let run_start = Instant::now();
     let workdir = WorkDir {
         dir: tempfile::Builder::new().prefix("test-vm-").tempdir().context("creating the work directory")?,
-        keep: cfg.keep_workdir,
+        keep: cfg.vm.keep_workdir,
     };
     let work = workdir.path().to_owned();
 
-    let manifest = cfg.manifest_path()?;
+    let manifest = cfg.vm.manifest_path()?;
     let mut expect = expectations(&profile_from_manifest(&manifest)?);
     let mut kernel_timeout = KERNEL_TIMEOUT_S;
-    for o in &cfg.stage_timeouts {
+    for o in &cfg.vm.stage_timeouts {
         if o.stage == KERNEL_STAGE {
             kernel_timeout = o.seconds;
         } else if AGENT_STAGES.contains(&o.stage.as_str()) {
@@ -88,18 +89,22 @@ pub fn boot(cfg: &BootConfig, interrupt: &Interrupt) -> Result<Outcome> {
             anyhow::bail!("--stage-timeout: unknown stage `{}` (kernel, {})", o.stage, AGENT_STAGES.join(", "));
         }
     }
+    let join = join_spec(cfg, &expect.containerd_version)?;
     let mut stage_list = vec![(KERNEL_STAGE.to_owned(), Duration::from_secs(kernel_timeout))];
     for s in AGENT_STAGES {
         let agent_limit = expect.stage_timeouts_s.get(s).copied().unwrap_or(120);
         stage_list.push((s.to_owned(), Duration::from_secs(agent_limit + AGENT_GRACE_S)));
     }
-    let mut tracker = Tracker::new(stage_list);
+    if let Some(j) = &join {
+        stage_list.push((JOIN_STAGE.to_owned(), j.timeout + Duration::from_secs(AGENT_GRACE_S)));
+    }
+    let mut tracker = Tracker::new(stage_list).with_host_stages(usize::from(join.is_some()));
 
     // The run's initrd: what was built, then the agent archive.
     let agent_cpio = work.join("agent.cpio.gz");
-    initrd::write_cpio_gz(&initrd::agent_overlay(&cfg.agent_path()?, &expect)?, &agent_cpio)?;
-    let mut parts = vec![cfg.initrd.clone()];
-    parts.extend(cfg.overlay_path()?);
+    initrd::write_cpio_gz(&initrd::agent_overlay(&cfg.vm.agent_path()?, &expect)?, &agent_cpio)?;
+    let mut parts = vec![cfg.vm.initrd.clone()];
+    parts.extend(cfg.vm.overlay_path()?);
     parts.push(agent_cpio);
     let run_initrd = work.join("initrd.img");
     initrd::concatenate(&parts, &run_initrd)?;
@@ -107,29 +112,29 @@ pub fn boot(cfg: &BootConfig, interrupt: &Interrupt) -> Result<Outcome> {
     let serial_log = cfg.serial_log.clone().unwrap_or_else(|| work.join("serial.log"));
     let agent_log = work.join("agent.jsonl");
     let guest = Guest {
-        kernel: cfg.kernel.clone(),
+        kernel: cfg.vm.kernel.clone(),
         initrd: run_initrd,
-        cmdline: cfg.cmdline(),
-        disk: cfg.disk.as_ref().map(|_| work.join("run.qcow2")),
+        cmdline: cfg.vm.cmdline(),
+        disk: cfg.vm.disk.as_ref().map(|_| work.join("run.qcow2")),
         seed: Some(cfg.seed.clone()),
-        memory_mib: cfg.memory,
-        cpus: cfg.cpus,
+        memory_mib: cfg.vm.memory,
+        cpus: cfg.vm.cpus,
         serial_log: serial_log.clone(),
         agent_log: agent_log.clone(),
     };
-    for input in [&cfg.kernel, &cfg.seed] {
+    for input in [&cfg.vm.kernel, &cfg.seed] {
         anyhow::ensure!(input.is_file(), "{} does not exist", input.display());
     }
 
-    let plan = accel::plan(cfg.accel, accel::kvm_usable());
-    let deadline = run_start + Duration::from_secs(cfg.timeout);
+    let plan = accel::plan(cfg.vm.accel, accel::kvm_usable());
+    let deadline = run_start + Duration::from_secs(cfg.vm.timeout);
     let mut attempts = Vec::new();
     let mut used = None;
     let mut qemu_command = String::new();
     let mut interrupted = false;
     for (i, &accel) in plan.iter().enumerate() {
         let probing = i + 1 < plan.len();
-        if let (Some(base), Some(overlay)) = (&cfg.disk, &guest.disk) {
+        if let (Some(base), Some(overlay)) = (&cfg.vm.disk, &guest.disk) {
             // A fresh overlay per attempt: an abandoned attempt may have written to its own.
             let _ = std::fs::remove_file(overlay);
             qemu::create_overlay(base, overlay)?;
@@ -138,8 +143,9 @@ pub fn boot(cfg: &BootConfig, interrupt: &Interrupt) -> Result<Outcome> {
             let _ = std::fs::remove_file(log);
         }
         let args = guest.args(accel);
-        qemu_command = qemu::shell_line(cfg.qemu.as_os_str(), &args);
-        let end = attempt(cfg, &args, &work, accel, probing, &mut tracker, run_start, deadline, interrupt)?;
+        qemu_command = qemu::shell_line(cfg.vm.qemu.as_os_str(), &args);
+        let end =
+            attempt(cfg, &args, &work, accel, probing, &mut tracker, run_start, deadline, join.as_ref(), interrupt)?;
         match end {
             AttemptEnd::Abandoned(reason) => attempts.push(AccelAttempt { accel, outcome: reason }),
             AttemptEnd::Decided { interrupted: i } => {
@@ -156,7 +162,7 @@ pub fn boot(cfg: &BootConfig, interrupt: &Interrupt) -> Result<Outcome> {
     let (cri_version, pod_ip) = extract_results(tracker.stages());
     let mut report = Report {
         verdict: if failed { Verdict::Fail } else { Verdict::Pass },
-        mode: cfg.mode(),
+        mode: cfg.vm.mode(),
         accel: used,
         accel_attempts: attempts,
         stages: tracker.stages().to_vec(),
@@ -180,6 +186,31 @@ pub fn boot(cfg: &BootConfig, interrupt: &Interrupt) -> Result<Outcome> {
     Ok(Outcome { report, interrupted })
 }
 
+/// The `join` stage's target, when `--kubeconfig` asks for it: the node's name (`--node-name`,
+/// else the seed's `local-hostname`) and its runtime (`--expect-runtime-version`, else
+/// `containerd://` + the manifest's containerd version). Checked before QEMU starts.
+fn join_spec(cfg: &BootConfig, containerd_version: &str) -> Result<Option<JoinSpec>> {
+    let Some(kubeconfig) = &cfg.vm.kubeconfig else { return Ok(None) };
+    anyhow::ensure!(
+        join::AVAILABLE,
+        "--kubeconfig: this test-vm was built without the `join` feature (build it with default features)"
+    );
+    anyhow::ensure!(kubeconfig.is_file(), "the kubeconfig {} does not exist", kubeconfig.display());
+    let node_name = match &cfg.node_name {
+        Some(n) => n.clone(),
+        None => seed::node_name(&cfg.seed).context("naming the node the join stage waits for")?,
+    };
+    let expected_runtime =
+        cfg.vm.expect_runtime_version.clone().unwrap_or_else(|| format!("containerd://{containerd_version}"));
+    Ok(Some(JoinSpec {
+        kubeconfig: kubeconfig.clone(),
+        node_name,
+        expected_runtime,
+        timeout: cfg.vm.join_timeout,
+        poll: join::POLL,
+    }))
+}
+
 enum AttemptEnd {
     /// Given up on this accelerator (only while probing); try the next.
     Abandoned(String),
@@ -197,10 +228,11 @@ fn attempt(
     tracker: &mut Tracker,
     run_start: Instant,
     deadline: Instant,
+    join: Option<&JoinSpec>,
     interrupt: &Interrupt,
 ) -> Result<AttemptEnd> {
     let stderr_log = work.join(format!("qemu-{accel}.log"));
-    let mut vm = Qemu::spawn(cfg.qemu.as_os_str(), args, &stderr_log)?;
+    let mut vm = Qemu::spawn(cfg.vm.qemu.as_os_str(), args, &stderr_log)?;
     let started = Instant::now();
     let now = || run_start.elapsed();
     tracker.start(now());
@@ -242,12 +274,41 @@ fn attempt(
                 Err(msg) => tracker.fail_current(now(), &msg, serde_json::Value::Null, None),
             }
         }
+        if let Some(spec) = join.filter(|_| tracker.host_stage_due()) {
+            // The guest is up and the agent is done: QEMU keeps running while the harness
+            // asks the API server about the node.
+            let spec = JoinSpec {
+                timeout: spec.timeout.min(deadline.saturating_duration_since(Instant::now())),
+                ..spec.clone()
+            };
+            let mut stop = || {
+                if interrupt.is_set() {
+                    return Some("interrupted by a signal".to_owned());
+                }
+                match vm.try_wait() {
+                    Ok(None) => None,
+                    Ok(Some(status)) => Some(format!("QEMU exited ({status}) while waiting for the node to join")),
+                    Err(e) => Some(format!("{e:#}")),
+                }
+            };
+            let r = join::wait_for_node(&spec, &mut stop);
+            if r.passed {
+                tracker.pass_current(now(), &r.message, r.detail, None);
+            } else {
+                tracker.fail_current(now(), &r.message, r.detail, None);
+            }
+            return Ok(AttemptEnd::Decided { interrupted: interrupt.is_set() });
+        }
         if tracker.finished() {
             return Ok(AttemptEnd::Decided { interrupted: false });
         }
         if probing {
-            match accel::probe(started.elapsed(), serial.bytes(), exited.is_some(), Duration::from_secs(cfg.kvm_grace))
-            {
+            match accel::probe(
+                started.elapsed(),
+                serial.bytes(),
+                exited.is_some(),
+                Duration::from_secs(cfg.vm.kvm_grace),
+            ) {
                 Probe::Wait => {}
                 Probe::Started => probing = false,
                 Probe::GiveUp(reason) => {
@@ -268,7 +329,7 @@ fn attempt(
         }
         tracker.check_deadline(now());
         if Instant::now() >= deadline {
-            let msg = format!("the run's --timeout of {} s expired", cfg.timeout);
+            let msg = format!("the run's --timeout of {} s expired", cfg.vm.timeout);
             tracker.fail_current(now(), &msg, serde_json::Value::Null, None);
         }
         if tracker.finished() {

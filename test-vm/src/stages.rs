@@ -43,8 +43,12 @@ pub struct Tracker {
     stages: Vec<Stage>,
     current: usize,
     finished: bool,
-    /// Set when every stage passed and only the agent's `done` line is awaited.
+    /// Set when every agent stage passed and only the agent's `done` line is awaited.
     done_wait_since: Option<Duration>,
+    /// How many trailing stages the harness runs itself once the agent said `done` (`join`).
+    host_stages: usize,
+    /// The agent said `done` (pass) with host stages still to run.
+    agent_done: bool,
 }
 
 /// How long the agent may take to say `done` after its last stage passed.
@@ -66,13 +70,29 @@ impl Tracker {
                 timeout,
             })
             .collect();
-        Self { stages, current: 0, finished: false, done_wait_since: None }
+        Self { stages, current: 0, finished: false, done_wait_since: None, host_stages: 0, agent_done: false }
+    }
+
+    /// Mark the last `n` stages as the harness's own: they run after the agent's `done`.
+    pub fn with_host_stages(mut self, n: usize) -> Self {
+        self.host_stages = n.min(self.stages.len());
+        self
+    }
+
+    /// Where the agent's stages end and the harness's begin.
+    fn agent_end(&self) -> usize {
+        self.stages.len() - self.host_stages
+    }
+
+    /// A host stage is running: the agent passed everything and said `done`.
+    pub fn host_stage_due(&self) -> bool {
+        !self.finished && self.agent_done && self.current < self.stages.len()
     }
 
     /// Start (or, after a fallback to another accelerator, restart) from the first stage.
     pub fn start(&mut self, now: Duration) {
         let fresh = Self::new(self.stages.iter().map(|s| (s.name.clone(), s.timeout)));
-        *self = fresh;
+        *self = fresh.with_host_stages(self.host_stages);
         if let Some(first) = self.stages.first_mut() {
             first.started = Some(now);
         }
@@ -90,9 +110,9 @@ impl Tracker {
         self.finished && self.stages.iter().all(|s| s.verdict == Verdict::Pass)
     }
 
-    /// Every stage passed; only the agent's `done` is awaited.
+    /// Every agent stage passed; only the agent's `done` is awaited.
     pub fn awaiting_done(&self) -> bool {
-        !self.finished && self.current == self.stages.len()
+        !self.finished && !self.agent_done && self.current == self.agent_end()
     }
 
     pub fn current_name(&self) -> Option<&str> {
@@ -110,9 +130,15 @@ impl Tracker {
         }
         self.close(now, Verdict::Pass, message, detail, agent_ms);
         self.current += 1;
-        match self.stages.get_mut(self.current) {
-            Some(next) => next.started = Some(now),
-            None => self.done_wait_since = Some(now),
+        if let Some(next) = self.stages.get_mut(self.current) {
+            next.started = Some(now);
+        }
+        if self.current == self.agent_end() && !self.agent_done {
+            self.done_wait_since = Some(now);
+        }
+        if self.current == self.stages.len() && self.agent_done {
+            // The last host stage passed; the agent had already said `done`.
+            self.finished = true;
         }
     }
 
@@ -121,9 +147,13 @@ impl Tracker {
         if self.finished {
             return;
         }
-        if self.current < self.stages.len() {
+        // Before the agent's `done`, a failure belongs to the agent's stages, never to a host
+        // stage that has not begun.
+        let agent_end = self.agent_end();
+        let running = if self.agent_done { self.stages.len() } else { agent_end };
+        if self.current < running {
             self.close(now, Verdict::Fail, message, detail, agent_ms);
-        } else if let Some(last) = self.stages.last_mut() {
+        } else if let Some(last) = self.stages[..agent_end].last_mut() {
             // Everything passed but the run still went wrong (the agent reported `done: fail`).
             last.verdict = Verdict::Fail;
             last.message = message.to_owned();
@@ -151,6 +181,9 @@ impl Tracker {
             self.fail_current(now, &msg, serde_json::Value::Null, None);
             return;
         }
+        if self.current >= self.agent_end() && !self.agent_done {
+            return;
+        }
         let Some(s) = self.stages.get(self.current).filter(|_| !self.finished) else { return };
         if let Some(started) = s.started
             && now.saturating_sub(started) >= s.timeout
@@ -167,8 +200,19 @@ impl Tracker {
             return;
         }
         let ms = Some(ev.elapsed_ms);
-        let current = self.stages.get(self.current).map(|s| s.name.clone());
+        // Host stages are not the agent's to report: past the agent's last, it is "none".
+        let current = self.stages[..self.agent_end()].get(self.current).map(|s| s.name.clone());
         match (ev.stage.as_str(), ev.event, current) {
+            (DONE, EventKind::Pass, None) if self.agent_done => {
+                let msg = "the agent said `done` twice".to_owned();
+                self.fail_current(now, &msg, serde_json::Value::Null, ms);
+            }
+            (DONE, EventKind::Pass, None) if self.current < self.stages.len() => {
+                self.agent_done = true;
+                self.done_wait_since = None;
+                // A host stage's time starts when it can start: at the agent's `done`.
+                self.stages[self.current].started = Some(now);
+            }
             (DONE, EventKind::Pass, None) => self.finished = true,
             (DONE, EventKind::Pass, Some(current)) => {
                 let msg = format!("the agent finished without reporting stage `{current}`");
@@ -255,6 +299,43 @@ mod tests {
         t.check_deadline(s(19));
         assert_eq!(t.failed().unwrap().name, "boot");
         assert_eq!(t.failed().unwrap().message, "timed out after 10 s");
+    }
+
+    #[test]
+    fn a_host_stage_runs_after_the_agents_done() {
+        let mut t = Tracker::new(["kernel", "boot", "join"].map(|n| (n.to_owned(), s(10)))).with_host_stages(1);
+        t.start(s(0));
+        t.pass_current(s(1), "", serde_json::Value::Null, None);
+        t.on_agent_event(ev("boot", EventKind::Pass), s(2));
+        assert!(t.awaiting_done() && !t.host_stage_due());
+        t.check_deadline(s(20));
+        assert!(!t.finished(), "the join limit does not run while the agent owes `done`");
+        t.on_agent_event(ev("done", EventKind::Pass), s(25));
+        assert!(t.host_stage_due() && t.current_name() == Some("join") && !t.finished());
+        t.pass_current(s(28), "Ready", serde_json::Value::Null, None);
+        assert!(t.passed());
+        assert_eq!(t.stages()[2].duration_ms, Some(3000), "timed from `done`");
+
+        // Waiting too long for `done` is the agent's failure, not the join's.
+        let mut t = Tracker::new(["boot", "join"].map(|n| (n.to_owned(), s(100)))).with_host_stages(1);
+        t.start(s(0));
+        t.on_agent_event(ev("boot", EventKind::Pass), s(1));
+        t.check_deadline(s(40));
+        assert_eq!(t.failed().unwrap().name, "boot");
+        assert_eq!(t.stages()[1].verdict, Verdict::NotRun);
+
+        // A failed host stage fails the run; a restart keeps the split.
+        let mut t = Tracker::new(["boot", "join"].map(|n| (n.to_owned(), s(100)))).with_host_stages(1);
+        t.start(s(0));
+        t.on_agent_event(ev("boot", EventKind::Pass), s(1));
+        t.on_agent_event(ev("join", EventKind::Pass), s(2));
+        assert_eq!(t.failed().unwrap().name, "boot", "the agent may not report a host stage");
+        t.start(s(5));
+        t.on_agent_event(ev("boot", EventKind::Pass), s(6));
+        t.on_agent_event(ev("done", EventKind::Pass), s(7));
+        t.fail_current(s(9), "NotReady", serde_json::Value::Null, None);
+        assert_eq!(t.failed().unwrap().name, "join");
+        assert!(t.finished() && !t.passed());
     }
 
     #[test]

@@ -16,6 +16,8 @@ use std::sync::OnceLock;
 
 use nodeforge::overlay::{Content, Origin, Overlay};
 
+pub mod apiserver;
+
 /// Inputs fetched once per test binary by `fixtures/fake-guest-inputs.sh`.
 pub fn inputs() -> &'static Path {
     static INPUTS: OnceLock<PathBuf> = OnceLock::new();
@@ -30,7 +32,9 @@ pub fn inputs() -> &'static Path {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scenario {
-    /// Every stage passes, with CRI version and pod IP details, then `done`.
+    /// Every stage passes, with CRI version and pod IP details, then `done`; unless a disk
+    /// (the seed) starts with `FAIL-CONTAINERD`, then `containerd` fails as in
+    /// [`Scenario::FailContainerd`]: one set of artifacts, one failing node of a fleet.
     Pass,
     /// `containerd` fails with a message.
     FailContainerd,
@@ -65,6 +69,12 @@ fn agent_script(s: Scenario) -> String {
     let body = match s {
         Scenario::Pass => {
             r#"pass cloud-init
+for d in /dev/vd?; do
+  if dd if="$d" bs=512 count=1 2>/dev/null | grep -q FAIL-CONTAINERD; then
+    emit containerd start ""; emit containerd fail "the seed on $d asked containerd to fail" '{"active_state":"failed"}'
+    emit done fail ""; sleep 100000
+  fi
+done
 pass containerd
 pass cri "Version and Status" '{"version":{"runtime_name":"containerd","runtime_version":"1.6.20~ds1","runtime_api_version":"v1","version":"0.1.0"},"runtime_ready":true,"network_ready":true}'
 pass pod "sandbox READY" '{"pod_ip":"10.88.0.2"}'
@@ -188,6 +198,29 @@ impl FakeArtifacts {
         c.arg("--junit").arg(self.path("junit.xml"));
         c.arg("--serial-log").arg(self.path("serial.log"));
         c.args(["--memory", "256", "--accel", accel]);
+        c
+    }
+
+    /// Another seed image beside the artifacts: 64 KiB starting with `marker`.
+    pub fn seed(&self, name: &str, marker: &str) -> PathBuf {
+        let mut bytes = marker.as_bytes().to_vec();
+        bytes.resize(64 * 1024, 0);
+        let p = self.path(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+
+    /// `test-vm fleet` for this guest, writing into `out`; add `--node NAME=SEED`.
+    pub fn fleet_command(&self, out: &Path) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_test-vm"));
+        c.env("TMPDIR", self.dir.path());
+        c.arg("fleet");
+        c.arg("--kernel").arg(self.path("vmlinuz"));
+        c.arg("--initrd").arg(self.path("initrd.img"));
+        c.arg("--disk").arg(self.path("disk.qcow2"));
+        c.arg("--agent").arg(self.path("fake-agent.sh"));
+        c.arg("--out").arg(out);
+        c.args(["--memory", "256", "--accel", "tcg"]);
         c
     }
 
