@@ -10,7 +10,7 @@ mod containerd_config;
 mod containerd_service;
 mod crictl;
 mod kubelet;
-mod preload;
+pub mod preload;
 mod registry;
 mod system;
 
