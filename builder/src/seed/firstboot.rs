@@ -13,7 +13,7 @@ use crate::render::preload;
 use super::Command;
 
 /// Where the seed volume is mounted while the overlay is unpacked.
-const MOUNT: &str = "/run/nodeforge/seed";
+const MOUNT: &str = "/run/nodeforge-seed";
 
 /// The runcmd lines. `unpack` adds the overlay steps (`--first-boot`); `join` the kubeadm
 /// join (see [`super::join::Join::command`]). Without either there is nothing to run.
@@ -29,8 +29,8 @@ pub fn runcmd(profile: &Profile, unpack: bool, join: Option<String>) -> Vec<Comm
             "dev=$(blkid -l -o device -t LABEL=cidata || blkid -l -o device -t LABEL=CIDATA)".to_owned(),
             format!("mkdir -p {MOUNT}"),
             format!("mount -o ro \"$dev\" {MOUNT}"),
-            // --no-overwrite-dir keeps the image's directory modes and owners; and
-            // --keep-directory-symlink keeps merged-/usr links (/lib -> usr/lib) links.
+            // --no-overwrite-dir keeps the image's directory modes and owners, and
+            // --keep-directory-symlink its merged-/usr links (/lib -> usr/lib).
             format!("tar --no-overwrite-dir --keep-directory-symlink -xzf {MOUNT}/{TAR_GZ_NAME} -C /"),
             format!("umount {MOUNT}"),
             "systemctl daemon-reload".to_owned(),

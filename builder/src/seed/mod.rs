@@ -518,6 +518,35 @@ mod tests {
     }
 
     #[test]
+    fn node_identity_and_attachments_set_meta_data_and_the_id() {
+        let p = loaded("");
+        let ud = UserData::for_profile(&p.profile);
+        let node =
+            |id: Option<&str>| SeedIdentity { hostname: Some("worker-7".into()), instance_id: id.map(Into::into) };
+        let derived = SeedFiles::with(&p, &ud, &node(None), Vec::new()).unwrap();
+        assert!(derived.meta_data.ends_with("local-hostname: worker-7\n"), "{}", derived.meta_data);
+        assert_eq!(derived, SeedFiles::with(&p, &ud, &node(None), Vec::new()).unwrap());
+        // The node name is part of the derived id.
+        assert_ne!(derived.instance_id(), seed_files(&p).unwrap().instance_id());
+        // A new instance-id changes meta-data and nothing else.
+        let r2 = SeedFiles::with(&p, &ud, &node(Some("worker-7-r2")), Vec::new()).unwrap();
+        assert_eq!(r2.meta_data, "instance-id: worker-7-r2\nlocal-hostname: worker-7\n");
+        assert_eq!((r2.user_data.as_str(), &r2.network_config), (derived.user_data.as_str(), &derived.network_config));
+        assert_ne!(r2.image().unwrap(), derived.image().unwrap());
+        // The carried overlay is part of the derived id too.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("o"), b"overlay").unwrap();
+        let a = Attachment::from_file("overlay.tar.gz", &dir.path().join("o")).unwrap();
+        let with = SeedFiles::with(&p, &ud, &node(None), vec![a]).unwrap();
+        assert_ne!(with.instance_id(), derived.instance_id());
+        // Debug never shows user-data.
+        let mut secret = ud.clone();
+        secret.write_files.push(WriteFile::secret("/etc/x", "hunter2-token"));
+        let s = SeedFiles::with(&p, &secret, &node(None), Vec::new()).unwrap();
+        assert!(!format!("{s:?} {secret:?}").contains("hunter2"));
+    }
+
+    #[test]
     fn image_is_reproducible_and_fat_with_the_label() {
         let files = seed_files(&loaded("")).unwrap();
         let image = files.image().unwrap();
