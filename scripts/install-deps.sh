@@ -7,6 +7,7 @@
 #   systemd               `systemd-analyze verify` for units and drop-ins
 #   cloud-init            `cloud-init schema` for user-data
 #   dosfstools, mtools    `fsck.fat` and `mcopy` for the seed image (blkid is in util-linux)
+#   xorriso               `nodeforge seed --format iso` writes the ISO seed with it; tests read it back
 #   cpio                  GNU cpio reads the overlay cpio
 #   dpkg-dev / apt        `apt-get download` + `dpkg-deb -x` build the offline stand-in release
 #                         (amd64, and arm64 through `dpkg --add-architecture arm64`)
@@ -32,6 +33,7 @@ want systemd-analyze systemd
 want cloud-init cloud-init
 want fsck.fat dosfstools
 want mcopy mtools
+want xorriso xorriso
 want cpio cpio
 want blkid util-linux
 want python3 python3

@@ -34,6 +34,8 @@ pub struct BuildOptions {
     pub out: PathBuf,
     pub mtime: u64,
     pub limits: Limits,
+    /// The seed carries the overlay and unpacks it on first boot (`--first-boot`).
+    pub first_boot: bool,
 }
 
 impl BuildOptions {
@@ -42,6 +44,7 @@ impl BuildOptions {
             out: c.out.clone(),
             mtime: c.source_date_epoch.unwrap_or(DEFAULT_MTIME),
             limits: Limits { max_unpacked_bytes: c.max_unpacked_bytes, ..Limits::default() },
+            first_boot: c.first_boot,
         }
     }
 }
@@ -217,7 +220,7 @@ pub fn build_with(
     interrupt.check()?;
 
     let mut artifacts: Vec<ArtifactInfo> = archive::write_both(&overlay, &pending, opts.mtime, interrupt)?.into();
-    let seed_files = seed::seed_files(loaded)?;
+    let seed_files = if opts.first_boot { first_boot_seed(loaded, &pending)? } else { seed::seed_files(loaded)? };
     artifacts.push(seed::write_seed_image(&seed_files, &pending.join(seed::SEED_IMAGE_NAME))?);
     let scratch = work.path().join("scratch");
     fs::create_dir(&scratch)?;
@@ -341,6 +344,15 @@ fn single_binary(got: &FetchedSource, dest: &str, arch: Arch, limits: Limits) ->
         }],
         ..Selection::default()
     })
+}
+
+/// The build's seed with the overlay archive on it and user-data that unpacks it, starts
+/// containerd and imports the images on first boot (no join: `nodeforge seed` adds that).
+fn first_boot_seed(loaded: &LoadedProfile, pending: &Path) -> Result<seed::SeedFiles> {
+    let overlay = seed::Attachment::from_file(archive::TAR_GZ_NAME, &pending.join(archive::TAR_GZ_NAME))?;
+    let mut ud = seed::UserData::for_profile(&loaded.profile);
+    ud.runcmd = seed::firstboot::runcmd(&loaded.profile, true, None);
+    seed::SeedFiles::with(loaded, &ud, &seed::SeedIdentity::default(), vec![overlay])
 }
 
 fn summarise(overlay: &Overlay) -> OverlaySummary {

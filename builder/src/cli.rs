@@ -44,6 +44,9 @@ pub enum Command {
     Render(RenderConfig),
     /// Validate a profile and refuse combinations that cannot work.
     Check(CheckConfig),
+    /// Write a cloud-init NoCloud seed for one node: its name and instance-id, optionally a
+    /// kubeadm join and the overlay to unpack on first boot.
+    Seed(SeedConfig),
 }
 
 #[derive(Debug, Args)]
@@ -122,6 +125,11 @@ pub struct BuildConfig {
     /// Refuse a release that expands to more than this many bytes.
     #[arg(long, value_name = "BYTES", default_value_t = 4 << 30)]
     pub max_unpacked_bytes: u64,
+    /// Put overlay.tar.gz on the seed volume, with user-data that unpacks it on first boot,
+    /// starts containerd and imports the images: a stock cloud image becomes the node. With
+    /// `image`, the disk is the base without the overlay.
+    #[arg(long)]
+    pub first_boot: bool,
 }
 
 #[derive(Debug, Args)]
@@ -154,4 +162,56 @@ pub struct CheckConfig {
     /// Treat warnings as errors.
     #[arg(long)]
     pub strict: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "The instance-id decides first boot: without --instance-id (or seed.instance_id in the \
+                  profile) it is derived from the profile digest, the node name and the seed's content, so \
+                  the same inputs give the same seed. A new --instance-id re-runs first boot on the same disk.")]
+pub struct SeedConfig {
+    #[command(flatten)]
+    pub profile: ProfileArg,
+    /// The node's name: its hostname, meta-data local-hostname and Node name.
+    #[arg(long, value_name = "NAME", value_parser = crate::seed::join::parse_node_name)]
+    pub node: String,
+    /// The cloud-init instance-id; a new one re-runs first boot (how a node is reprovisioned).
+    #[arg(long, value_name = "ID", value_parser = crate::seed::command::parse_instance_id)]
+    pub instance_id: Option<String>,
+    /// Join the cluster through this API server on first boot (needs --token-file and
+    /// --ca-cert-hash).
+    #[arg(long, value_name = "HOST:PORT", requires_all = ["token_file", "ca_cert_hash"],
+          value_parser = crate::seed::join::parse_endpoint)]
+    pub join_endpoint: Option<String>,
+    /// File holding the bootstrap token (`kubeadm token create`); never given on the command
+    /// line. It lands only in the seed's user-data (mode 0600 files).
+    #[arg(long, value_name = "FILE", requires = "join_endpoint")]
+    pub token_file: Option<PathBuf>,
+    /// Public-key pin of the cluster CA (repeat during a CA rotation).
+    #[arg(long, value_name = "sha256:HEX", requires = "join_endpoint",
+          value_parser = crate::seed::join::parse_ca_cert_hash)]
+    pub ca_cert_hash: Vec<String>,
+    /// A Node label the kubelet registers with (repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE", requires = "join_endpoint",
+          value_parser = crate::seed::join::parse_label)]
+    pub labels: Vec<crate::seed::join::Label>,
+    /// A Node taint the kubelet registers with (repeatable); EFFECT is NoSchedule,
+    /// PreferNoSchedule or NoExecute.
+    #[arg(long = "taint", value_name = "KEY[=VALUE]:EFFECT", requires = "join_endpoint",
+          value_parser = crate::seed::join::parse_taint)]
+    pub taints: Vec<crate::seed::join::Taint>,
+    /// An SSH public key for the default user, added to the profile's (repeatable).
+    #[arg(long = "ssh-authorized-key", value_name = "KEY", value_parser = crate::seed::command::parse_ssh_key)]
+    pub ssh_authorized_keys: Vec<String>,
+    /// An overlay.tar.gz from `nodeforge build` to carry on the seed and unpack on first boot.
+    #[arg(long, value_name = "FILE")]
+    pub overlay: Option<PathBuf>,
+    /// The seed volume's filesystem: vfat (seed.img) or iso (seed.iso, needs xorriso).
+    #[arg(long, value_enum, default_value_t = crate::seed::SeedFormat::Vfat)]
+    pub format: crate::seed::SeedFormat,
+    /// Timestamp inside the ISO (seconds since the epoch); fixed by default.
+    #[arg(long, env = "SOURCE_DATE_EPOCH", value_name = "SECONDS", hide_env_values = true)]
+    pub source_date_epoch: Option<u64>,
+    /// Directory the seed is written to (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
 }

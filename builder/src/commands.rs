@@ -25,6 +25,8 @@ pub enum Stage {
     Profile,
     Fetch,
     Archive,
+    /// A flag's value or a file it names is unusable (exit 2, like clap's own usage errors).
+    Usage,
 }
 
 impl std::fmt::Display for Stage {
@@ -33,6 +35,7 @@ impl std::fmt::Display for Stage {
             Stage::Profile => "invalid profile",
             Stage::Fetch => "download failed",
             Stage::Archive => "unsafe or malformed upstream archive",
+            Stage::Usage => "usage error",
         })
     }
 }
@@ -78,6 +81,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Render(c) => run_render(&c, json),
         Command::Fetch(c) => run_fetch(&c, json),
         Command::Lock(c) => run_lock(&c, json),
+        Command::Seed(c) => crate::seed::command::run(&c, json),
         Command::Build(c) => {
             let profile = load_profile(&c.profile.profile)?;
             enforce_lock(&profile, &c.lock)?;
@@ -91,7 +95,11 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Image(c) => {
-            let opts = crate::image::ImageOptions { base: c.base.clone(), disk_size: c.disk_size };
+            let opts = crate::image::ImageOptions {
+                base: c.base.clone(),
+                disk_size: c.disk_size,
+                first_boot: c.build.first_boot,
+            };
             crate::image::preflight(&opts)?;
             let profile = load_profile(&c.build.profile.profile)?;
             enforce_lock(&profile, &c.build.lock)?;
@@ -275,6 +283,7 @@ pub fn report_error(e: &anyhow::Error, json: bool) -> ExitCode {
             Some(Stage::Profile) => 3,
             Some(Stage::Fetch) => 4,
             Some(Stage::Archive) => 5,
+            Some(Stage::Usage) => 2,
             None => 1,
         }
     };

@@ -26,6 +26,9 @@ pub struct ImageOptions {
     /// The base root filesystem: a directory or a tar archive (optionally gzip'd).
     pub base: PathBuf,
     pub disk_size: DiskSize,
+    /// Leave the overlay off the disk: the seed carries it and first boot unpacks it, so the
+    /// disk stands in for a stock cloud image.
+    pub first_boot: bool,
 }
 
 /// Check what can be checked before a build starts: the base exists, the tools are there.
@@ -87,7 +90,11 @@ pub fn write_image(opts: &ImageOptions, x: &Extra) -> Result<Vec<ArtifactInfo>> 
     for s in &staged.skipped_special {
         tracing::warn!("base: left out special file {s} (/dev is a devtmpfs on the node)");
     }
-    stage::apply_overlay(&root, x.overlay, x.mtime, x.interrupt).context("applying the overlay to the base")?;
+    if opts.first_boot {
+        tracing::info!("--first-boot: the disk is the base alone; the seed carries the overlay");
+    } else {
+        stage::apply_overlay(&root, x.overlay, x.mtime, x.interrupt).context("applying the overlay to the base")?;
+    }
 
     let kver = kernel_version(&root)?;
     let modules_dir = stage::resolve_in_root(&root, &format!("lib/modules/{kver}"), true)?;

@@ -11,7 +11,7 @@ mod containerd_service;
 mod crictl;
 pub mod kubelet;
 pub mod kubelet_service;
-mod preload;
+pub mod preload;
 mod registry;
 mod system;
 

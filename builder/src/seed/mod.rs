@@ -6,20 +6,46 @@
 //! string templates: it quotes the scalars PyYAML would otherwise turn into booleans, numbers
 //! or dates (crates.md), so what cloud-init reads back is what was meant.
 
-use std::fs;
-use std::io::{Cursor, Write};
-use std::path::Path;
+pub mod command;
+pub mod firstboot;
+pub mod iso;
+pub mod join;
+
+use std::fs::{self, File};
+use std::io::{Cursor, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::archive::ArtifactInfo;
-use crate::io::HashingWriter;
+use crate::io::HashingReader;
 use crate::output::{AtomicFile, write_atomic};
-use crate::profile::{LoadedProfile, Profile};
+use crate::profile::{LoadedProfile, Profile, Sha256Hex};
 
 pub const SEED_IMAGE_NAME: &str = "seed.img";
+pub const SEED_ISO_NAME: &str = "seed.iso";
+
+/// The seed volume's filesystem; NoCloud reads both (runtime-facts §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SeedFormat {
+    /// FAT with long names (`seed.img`), written in-process.
+    #[default]
+    Vfat,
+    /// ISO 9660 with Joliet and Rock Ridge (`seed.iso`), written by xorriso.
+    Iso,
+}
+
+impl SeedFormat {
+    pub fn file_name(self) -> &'static str {
+        match self {
+            Self::Vfat => SEED_IMAGE_NAME,
+            Self::Iso => SEED_ISO_NAME,
+        }
+    }
+}
 
 /// The header cloud-init requires to treat user-data as cloud-config (runtime-facts §6.2).
 const CLOUD_CONFIG_HEADER: &str = "#cloud-config\n";
@@ -81,8 +107,8 @@ impl Command {
     }
 }
 
-/// A `write_files` entry.
-#[derive(Debug, Clone, Serialize)]
+/// A `write_files` entry. `Debug` leaves out the content of a secret.
+#[derive(Clone, Serialize)]
 pub struct WriteFile {
     pub path: String,
     pub content: String,
@@ -95,6 +121,19 @@ pub struct WriteFile {
     /// Write in the final stage, after users and packages exist.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub defer: bool,
+}
+
+impl std::fmt::Debug for WriteFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secret = self.permissions.as_deref() == Some("0600");
+        f.debug_struct("WriteFile")
+            .field("path", &self.path)
+            .field("content", if secret { &"<redacted>" } else { &self.content })
+            .field("permissions", &self.permissions)
+            .field("owner", &self.owner)
+            .field("defer", &self.defer)
+            .finish()
+    }
 }
 
 impl WriteFile {
@@ -175,14 +214,56 @@ fn network_config() -> Result<String> {
     serde_saphyr::to_string(&config).context("serialising network-config")
 }
 
-/// The seed's documents, rendered.
+/// A file carried on the seed volume besides the cloud-init documents (the overlay archive
+/// for first boot), streamed from disk when the volume is written.
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    pub name: String,
+    pub path: PathBuf,
+    pub size: u64,
+    pub sha256: Sha256Hex,
+}
+
+impl Attachment {
+    /// Hash `path` now; the volume's identity and the instance-id depend on its digest.
+    pub fn from_file(name: &str, path: &Path) -> Result<Self> {
+        let mut r = HashingReader::new(File::open(path).with_context(|| format!("opening {}", path.display()))?);
+        std::io::copy(&mut r, &mut std::io::sink()).with_context(|| format!("reading {}", path.display()))?;
+        let (sha256, size) = r.finish();
+        Ok(Self { name: name.to_owned(), path: path.to_owned(), size, sha256 })
+    }
+}
+
+/// Who the seed is for: the node's name and, optionally, a fixed instance-id.
+#[derive(Debug, Clone, Default)]
+pub struct SeedIdentity {
+    /// `local-hostname`; the profile's hostname when `None`.
+    pub hostname: Option<String>,
+    /// The instance-id; `seed.instance_id` from the profile, else derived (see [`SeedFiles::with`]).
+    pub instance_id: Option<String>,
+}
+
+/// The seed's documents, rendered. `Debug` shows sizes only: user-data may hold secrets.
+#[derive(Clone, PartialEq, Eq)]
 pub struct SeedFiles {
     pub user_data: String,
     pub meta_data: String,
     /// Optional for NoCloud; without it cloud-init falls back to DHCP on the first NIC.
     pub network_config: Option<String>,
     pub vendor_data: Option<String>,
+    pub attachments: Vec<Attachment>,
+}
+
+impl std::fmt::Debug for SeedFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SeedFiles")
+            .field("user_data_bytes", &self.user_data.len())
+            .field("meta_data", &self.meta_data)
+            .field("network_config", &self.network_config)
+            .field("vendor_data_bytes", &self.vendor_data.as_ref().map(String::len))
+            .field("attachments", &self.attachments)
+            .finish()
+    }
 }
 
 /// The default seed for a profile.
@@ -192,20 +273,43 @@ pub fn seed_files(profile: &LoadedProfile) -> Result<SeedFiles> {
 
 impl SeedFiles {
     /// Render a seed with the given user-data (callers extend [`UserData::for_profile`]).
-    ///
-    /// Without `seed.instance_id` in the profile, the instance-id is `nodeforge-` and 16 hex
-    /// digits of a digest over the profile's bytes and the rendered user-data and
-    /// network-config: the same inputs give the same id, and anything that changes what
-    /// first boot would do changes the id, which is what makes cloud-init run it again
-    /// (runtime-facts §6.2).
     pub fn new(profile: &LoadedProfile, user_data: &UserData) -> Result<Self> {
+        Self::with(profile, user_data, &SeedIdentity::default(), Vec::new())
+    }
+
+    /// Render a seed for one node, carrying `attachments` on the volume.
+    ///
+    /// The instance-id is, in order: `identity.instance_id`, the profile's `seed.instance_id`,
+    /// or `nodeforge-` and 16 hex digits of a SHA-256 over the profile's bytes, the rendered
+    /// user-data and network-config, the hostname and each attachment's name and digest. The
+    /// same inputs give the same id, and anything that changes what first boot would do
+    /// changes it, which is what makes cloud-init run first boot again (runtime-facts §6.2).
+    /// A new explicit id re-runs first boot with otherwise identical content: how a node is
+    /// reprovisioned on the same disk.
+    pub fn with(
+        profile: &LoadedProfile,
+        user_data: &UserData,
+        identity: &SeedIdentity,
+        attachments: Vec<Attachment>,
+    ) -> Result<Self> {
         let user_data = user_data.render()?;
         let network_config = network_config()?;
-        let instance_id = match &profile.profile.seed.instance_id {
+        let hostname = identity.hostname.as_deref().unwrap_or(profile.profile.hostname());
+        let instance_id = match identity.instance_id.as_ref().or(profile.profile.seed.instance_id.as_ref()) {
             Some(id) => id.clone(),
             None => {
                 let mut h = Sha256::new();
-                for part in [&profile.sha256.0[..], user_data.as_bytes(), network_config.as_bytes()] {
+                let mut parts: Vec<&[u8]> =
+                    vec![&profile.sha256.0[..], user_data.as_bytes(), network_config.as_bytes()];
+                // Only when it differs from the profile's, so a build's seed keeps its id.
+                if identity.hostname.is_some() {
+                    parts.push(hostname.as_bytes());
+                }
+                for a in &attachments {
+                    parts.push(a.name.as_bytes());
+                    parts.push(&a.sha256.0[..]);
+                }
+                for part in parts {
                     // Length-prefixed so the parts cannot run into each other.
                     h.update((part.len() as u64).to_be_bytes());
                     h.update(part);
@@ -213,9 +317,18 @@ impl SeedFiles {
                 format!("nodeforge-{}", &hex::encode(h.finalize())[..16])
             }
         };
-        let meta = MetaData { instance_id: &instance_id, local_hostname: profile.profile.hostname() };
+        let meta = MetaData { instance_id: &instance_id, local_hostname: hostname };
         let meta_data = serde_saphyr::to_string(&meta).context("serialising meta-data")?;
-        Ok(Self { user_data, meta_data, network_config: Some(network_config), vendor_data: None })
+        Ok(Self { user_data, meta_data, network_config: Some(network_config), vendor_data: None, attachments })
+    }
+
+    /// The instance-id written into meta-data.
+    pub fn instance_id(&self) -> &str {
+        self.meta_data
+            .lines()
+            .find_map(|l| l.strip_prefix("instance-id: "))
+            .map(|v| v.trim_matches('"'))
+            .unwrap_or_default()
     }
 
     /// The files by the names cloud-init opens, in a fixed order.
@@ -232,7 +345,7 @@ impl SeedFiles {
     }
 
     /// Write the files into `dir` (created if missing), e.g. a `nocloud` seed directory.
-    /// Mode 0600: user-data will carry secrets.
+    /// Mode 0600: user-data will carry secrets. Attachments are not copied.
     pub fn write_dir(&self, dir: &Path) -> Result<()> {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         for (name, text) in self.files() {
@@ -241,32 +354,50 @@ impl SeedFiles {
         Ok(())
     }
 
-    /// Build the FAT image in memory (it is small) and return its bytes.
+    /// The FAT image's size: everything on it, plus room for the boot sector, FATs, root
+    /// directory and cluster slack (about 30 KiB at 1 MiB, growing with the FATs), rounded up
+    /// to whole MiB.
+    fn image_size(&self) -> u64 {
+        let payload: u64 = self.files().iter().map(|(_, t)| t.len() as u64).sum::<u64>()
+            + self.attachments.iter().map(|a| a.size).sum::<u64>();
+        (payload + payload / 8 + 256 * 1024).div_ceil(MIN_IMAGE_BYTES) * MIN_IMAGE_BYTES
+    }
+
+    /// Build the FAT image in memory and return its bytes (for small seeds and tests).
     pub fn image(&self) -> Result<Vec<u8>> {
-        let payload: u64 = self.files().iter().map(|(_, t)| t.len() as u64).sum();
-        // Room for the boot sector, FATs, root directory and cluster slack (about 30 KiB at
-        // 1 MiB, growing with the FATs), rounded up to whole MiB.
-        let size = (payload + payload / 8 + 256 * 1024).div_ceil(MIN_IMAGE_BYTES) * MIN_IMAGE_BYTES;
-        let size = usize::try_from(size).context("seed too large")?;
+        let size = usize::try_from(self.image_size()).context("seed too large")?;
         let mut disk = Cursor::new(vec![0u8; size]);
-        let options = fatfs::FormatVolumeOptions::new().volume_label(*VOLUME_LABEL).volume_id(self.volume_id());
-        fatfs::format_volume(&mut disk, options).context("formatting the seed image")?;
-        disk.set_position(0);
-        {
-            let fs = fatfs::FileSystem::new(&mut disk, fatfs::FsOptions::new().time_provider(&FIXED_TIME))
-                .context("opening the new seed image")?;
-            let root = fs.root_dir();
-            for (name, text) in self.files() {
-                let mut f = root.create_file(name).with_context(|| format!("creating {name} in the seed image"))?;
-                f.truncate().with_context(|| format!("writing {name} in the seed image"))?;
-                f.write_all(text.as_bytes()).with_context(|| format!("writing {name} in the seed image"))?;
-                f.flush().with_context(|| format!("writing {name} in the seed image"))?;
-            }
-            drop(root);
-            // Unmount clears the dirty flag fatfs sets while mounted; fsck.fat would flag it.
-            fs.unmount().context("closing the seed image")?;
-        }
+        self.write_fat(&mut disk)?;
         Ok(disk.into_inner())
+    }
+
+    /// Format `disk` (already [`Self::image_size`] long) and write every file into it.
+    fn write_fat<D: Read + Write + Seek>(&self, disk: &mut D) -> Result<()> {
+        let options = fatfs::FormatVolumeOptions::new().volume_label(*VOLUME_LABEL).volume_id(self.volume_id());
+        fatfs::format_volume(&mut *disk, options).context("formatting the seed image")?;
+        disk.seek(SeekFrom::Start(0)).context("rewinding the seed image")?;
+        let fs = fatfs::FileSystem::new(&mut *disk, fatfs::FsOptions::new().time_provider(&FIXED_TIME))
+            .context("opening the new seed image")?;
+        let root = fs.root_dir();
+        let texts = self.files().into_iter().map(|(n, t)| (n.to_owned(), None, t.as_bytes()));
+        let attached = self.attachments.iter().map(|a| (a.name.clone(), Some(&a.path), &[][..]));
+        for (name, path, bytes) in texts.chain(attached) {
+            let what = || format!("writing {name} in the seed image");
+            let mut f = root.create_file(&name).with_context(|| format!("creating {name} in the seed image"))?;
+            f.truncate().with_context(what)?;
+            match path {
+                None => f.write_all(bytes).with_context(what)?,
+                Some(p) => {
+                    let mut src = File::open(p).with_context(|| format!("opening {}", p.display()))?;
+                    std::io::copy(&mut src, &mut f).with_context(what)?;
+                }
+            }
+            f.flush().with_context(what)?;
+        }
+        drop(root);
+        // Unmount clears the dirty flag fatfs sets while mounted; fsck.fat would flag it.
+        fs.unmount().context("closing the seed image")?;
+        Ok(())
     }
 
     /// The FAT serial number, from the content: reproducible, yet two different seeds
@@ -279,24 +410,51 @@ impl SeedFiles {
             h.update((text.len() as u64).to_be_bytes());
             h.update(text.as_bytes());
         }
+        for a in &self.attachments {
+            h.update(a.name.as_bytes());
+            h.update([0]);
+            h.update(a.size.to_be_bytes());
+            h.update(a.sha256.0);
+        }
         let d = h.finalize();
         u32::from_be_bytes([d[0], d[1], d[2], d[3]])
     }
 }
 
-/// Write `seed.img` atomically (mode 0600: it will carry secrets).
-pub fn write_seed_image(files: &SeedFiles, dest: &Path) -> Result<ArtifactInfo> {
-    let name = dest
-        .file_name()
+fn file_name(dest: &Path) -> Result<String> {
+    dest.file_name()
         .and_then(|n| n.to_str())
-        .with_context(|| format!("{} does not end in a UTF-8 file name", dest.display()))?
-        .to_owned();
-    let image = files.image()?;
-    let mut out = HashingWriter::new(AtomicFile::create(dest)?);
-    out.write_all(&image).with_context(|| format!("writing {}", dest.display()))?;
-    let (file, sha256, size) = out.finish();
-    file.commit(0o600)?;
+        .map(str::to_owned)
+        .with_context(|| format!("{} does not end in a UTF-8 file name", dest.display()))
+}
+
+/// Write `seed.img` atomically (mode 0600: it will carry secrets). The image is written
+/// straight into the temporary file, so a large attachment is never held in memory.
+pub fn write_seed_image(files: &SeedFiles, dest: &Path) -> Result<ArtifactInfo> {
+    let name = file_name(dest)?;
+    let mut out = AtomicFile::create(dest)?;
+    {
+        let f = out.file_mut().with_context(|| format!("writing {}", dest.display()))?;
+        f.set_len(files.image_size()).with_context(|| format!("sizing {}", dest.display()))?;
+        files.write_fat(f).with_context(|| format!("writing {}", dest.display()))?;
+        f.seek(SeekFrom::Start(0))?;
+    }
+    let (sha256, size) = {
+        let f = out.file_mut()?;
+        let mut r = HashingReader::new(&mut *f);
+        std::io::copy(&mut r, &mut std::io::sink()).with_context(|| format!("reading back {}", dest.display()))?;
+        r.finish()
+    };
+    out.commit(0o600)?;
     Ok(ArtifactInfo { name, size, sha256 })
+}
+
+/// Write the seed volume in `format` to `dest` atomically, mode 0600.
+pub fn write_seed(files: &SeedFiles, format: SeedFormat, dest: &Path, mtime: u64) -> Result<ArtifactInfo> {
+    match format {
+        SeedFormat::Vfat => write_seed_image(files, dest),
+        SeedFormat::Iso => iso::write_iso(files, dest, mtime),
+    }
 }
 
 /// Directory entries get the DOS epoch as their time. Given explicitly rather than relying on
@@ -357,6 +515,35 @@ mod tests {
         assert_ne!(a.meta_data.lines().next(), b.meta_data.lines().next());
         let fixed = seed_files(&loaded("[seed]\ninstance_id = \"i-1\"\n")).unwrap();
         assert!(fixed.meta_data.starts_with("instance-id: i-1\n"), "{}", fixed.meta_data);
+    }
+
+    #[test]
+    fn node_identity_and_attachments_set_meta_data_and_the_id() {
+        let p = loaded("");
+        let ud = UserData::for_profile(&p.profile);
+        let node =
+            |id: Option<&str>| SeedIdentity { hostname: Some("worker-7".into()), instance_id: id.map(Into::into) };
+        let derived = SeedFiles::with(&p, &ud, &node(None), Vec::new()).unwrap();
+        assert!(derived.meta_data.ends_with("local-hostname: worker-7\n"), "{}", derived.meta_data);
+        assert_eq!(derived, SeedFiles::with(&p, &ud, &node(None), Vec::new()).unwrap());
+        // The node name is part of the derived id.
+        assert_ne!(derived.instance_id(), seed_files(&p).unwrap().instance_id());
+        // A new instance-id changes meta-data and nothing else.
+        let r2 = SeedFiles::with(&p, &ud, &node(Some("worker-7-r2")), Vec::new()).unwrap();
+        assert_eq!(r2.meta_data, "instance-id: worker-7-r2\nlocal-hostname: worker-7\n");
+        assert_eq!((r2.user_data.as_str(), &r2.network_config), (derived.user_data.as_str(), &derived.network_config));
+        assert_ne!(r2.image().unwrap(), derived.image().unwrap());
+        // The carried overlay is part of the derived id too.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("o"), b"overlay").unwrap();
+        let a = Attachment::from_file("overlay.tar.gz", &dir.path().join("o")).unwrap();
+        let with = SeedFiles::with(&p, &ud, &node(None), vec![a]).unwrap();
+        assert_ne!(with.instance_id(), derived.instance_id());
+        // Debug never shows user-data.
+        let mut secret = ud.clone();
+        secret.write_files.push(WriteFile::secret("/etc/x", "hunter2-token"));
+        let s = SeedFiles::with(&p, &secret, &node(None), Vec::new()).unwrap();
+        assert!(!format!("{s:?} {secret:?}").contains("hunter2"));
     }
 
     #[test]

@@ -1,0 +1,503 @@
+//! `kubeadm join` from the seed: a JoinConfiguration written by cloud-init (`write_files`,
+//! 0600) and the inputs it is made of, each validated before anything is written.
+//!
+//! The API version follows the profile's Kubernetes version: `kubeadm.k8s.io/v1beta3` was
+//! added in 1.22 (kubernetes#101129) and `v1beta4` enabled in 1.31 (kubernetes#125029, which
+//! deprecates v1beta3 "until 1.34 or later"), so 1.22–1.30 get v1beta3 and 1.31 on v1beta4.
+//! Older releases only read v1beta2 (1.15–1.26), which nodeforge does not write.
+//!
+//! The bootstrap token is a [`Secret`]: it is read from a file, never taken as an argument,
+//! and its `Debug`/`Display` print a placeholder, so no log line, error or report can carry it.
+//! Only serialising it (into the JoinConfiguration) yields the value.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+
+use crate::version::Version;
+
+/// Where the JoinConfiguration lands on the node; removed after `kubeadm join` ran.
+pub const JOIN_CONFIG_PATH: &str = "/etc/kubernetes/nodeforge/join.yaml";
+/// The directory kubeadm reads kubelet-configuration patches from; nodeforge renders them.
+pub use crate::render::kubelet::PATCHES_DIR;
+pub const CRI_SOCKET: &str = "unix:///run/containerd/containerd.sock";
+
+/// A value that must never be printed. Serialises to the value itself (that is its one
+/// legitimate use); formats as `<redacted>`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+/// Read a bootstrap token (`[a-z0-9]{6}.[a-z0-9]{16}`, as `kubeadm token create` prints it)
+/// from `path`. Surrounding whitespace is ignored; errors never quote the file's content.
+pub fn read_token(path: &Path) -> Result<Secret> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("--token-file {}: cannot read", path.display()))?;
+    let token = text.trim();
+    let ok = token.len() == 23
+        && token.split_once('.').is_some_and(|(id, secret)| {
+            id.len() == 6
+                && secret.len() == 16
+                && id.bytes().chain(secret.bytes()).all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        });
+    if !ok {
+        bail!(
+            "--token-file {}: the file does not hold one bootstrap token of the form [a-z0-9]{{6}}.[a-z0-9]{{16}} \
+             (make one on a control-plane node with `kubeadm token create`)",
+            path.display()
+        );
+    }
+    Ok(Secret(token.to_owned()))
+}
+
+/// `sha256:` and 64 hex digits: the pin `kubeadm token create --print-join-command` prints.
+pub fn parse_ca_cert_hash(s: &str) -> Result<String, String> {
+    match s.strip_prefix("sha256:") {
+        Some(hex) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            Ok(format!("sha256:{}", hex.to_ascii_lowercase()))
+        }
+        _ => Err("expected sha256: followed by 64 hex digits (the public-key pin `kubeadm token create \
+                  --print-join-command` prints)"
+            .into()),
+    }
+}
+
+/// `HOST:PORT`, HOST a DNS name or IPv4 address, or `[IPv6]:PORT`.
+pub fn parse_endpoint(s: &str) -> Result<String, String> {
+    let err = |why: &str| Err(format!("expected HOST:PORT such as 10.0.0.10:6443 or [fd00::1]:6443 ({why})"));
+    let Some((host, port)) = s.rsplit_once(':') else { return err("no port") };
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 && port.bytes().all(|b| b.is_ascii_digit()) => {}
+        _ => return err("the port must be a number from 1 to 65535"),
+    }
+    if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        if v6.parse::<std::net::Ipv6Addr>().is_err() {
+            return err("not an IPv6 address inside the brackets");
+        }
+    } else if host.contains(':') {
+        return err("an IPv6 address needs brackets");
+    } else if host.parse::<std::net::Ipv4Addr>().is_err() && !is_dns_name(host) {
+        return err("the host is neither an IPv4 address nor a DNS name");
+    }
+    Ok(s.to_owned())
+}
+
+/// An RFC 1123 subdomain: what a Node's name must be.
+pub fn is_dns_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
+/// `--node`: the Node name and the machine's hostname.
+pub fn parse_node_name(s: &str) -> Result<String, String> {
+    if is_dns_name(s) {
+        Ok(s.to_owned())
+    } else {
+        Err("a node name must be a lowercase RFC 1123 name: letters, digits, '-' and '.', at most 253 \
+             characters, each dot-separated part 1–63 long and not starting or ending with '-'"
+            .into())
+    }
+}
+
+/// A label or taint key: `[prefix/]name`, prefix a DNS subdomain, name ≤ 63 characters.
+fn check_key(key: &str) -> Result<(), String> {
+    let (prefix, name) = match key.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, key),
+    };
+    if let Some(p) = prefix
+        && !is_dns_name(p)
+    {
+        return Err(format!("the key prefix `{p}` is not a lowercase DNS subdomain"));
+    }
+    if !is_label_value(name) || name.is_empty() {
+        return Err(format!(
+            "the key name `{name}` must be 1–63 characters of letters, digits, '-', '_' and '.', \
+             starting and ending with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
+/// Empty, or ≤ 63 characters of `[A-Za-z0-9._-]` that start and end alphanumerically.
+fn is_label_value(v: &str) -> bool {
+    v.is_empty()
+        || (v.len() <= 63
+            && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            && v.as_bytes()[0].is_ascii_alphanumeric()
+            && v.as_bytes()[v.len() - 1].is_ascii_alphanumeric())
+}
+
+/// Labels under kubernetes.io or k8s.io that the kubelet may set on its own Node (it refuses
+/// to start with any other, and the NodeRestriction admission plugin rejects them).
+const KUBELET_LABELS: &[&str] = &[
+    "kubernetes.io/hostname",
+    "kubernetes.io/arch",
+    "kubernetes.io/os",
+    "beta.kubernetes.io/arch",
+    "beta.kubernetes.io/os",
+    "beta.kubernetes.io/instance-type",
+    "node.kubernetes.io/instance-type",
+    "failure-domain.beta.kubernetes.io/region",
+    "failure-domain.beta.kubernetes.io/zone",
+    "topology.kubernetes.io/region",
+    "topology.kubernetes.io/zone",
+];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Label {
+    pub key: String,
+    pub value: String,
+}
+
+/// `--label KEY=VALUE`.
+pub fn parse_label(s: &str) -> Result<Label, String> {
+    let Some((key, value)) = s.split_once('=') else { return Err("expected KEY=VALUE".into()) };
+    check_key(key)?;
+    if !is_label_value(value) {
+        return Err(format!(
+            "the value `{value}` must be at most 63 characters of letters, digits, '-', '_' and '.', \
+             starting and ending with a letter or digit"
+        ));
+    }
+    if let Some((prefix, _)) = key.split_once('/') {
+        let restricted = ["kubernetes.io", "k8s.io"].iter().any(|d| prefix == *d || prefix.ends_with(&format!(".{d}")));
+        let allowed = KUBELET_LABELS.contains(&key)
+            || ["kubelet.kubernetes.io", "node.kubernetes.io"]
+                .iter()
+                .any(|d| prefix == *d || prefix.ends_with(&format!(".{d}")));
+        if restricted && !allowed {
+            return Err(format!(
+                "the kubelet may not set `{key}` on its own Node (kubernetes.io and k8s.io labels are \
+                 restricted to a fixed set and the kubelet.kubernetes.io and node.kubernetes.io prefixes); \
+                 apply it with `kubectl label node` after the join"
+            ));
+        }
+    }
+    Ok(Label { key: key.to_owned(), value: value.to_owned() })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Effect {
+    NoSchedule,
+    PreferNoSchedule,
+    NoExecute,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Taint {
+    pub key: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    pub effect: Effect,
+}
+
+/// `--taint KEY[=VALUE]:EFFECT`, as `kubectl taint` spells it.
+pub fn parse_taint(s: &str) -> Result<Taint, String> {
+    let Some((kv, effect)) = s.rsplit_once(':') else {
+        return Err("expected KEY[=VALUE]:EFFECT, e.g. dedicated=gpu:NoSchedule".into());
+    };
+    let effect = match effect {
+        "NoSchedule" => Effect::NoSchedule,
+        "PreferNoSchedule" => Effect::PreferNoSchedule,
+        "NoExecute" => Effect::NoExecute,
+        other => return Err(format!("effect `{other}` is not one of NoSchedule, PreferNoSchedule, NoExecute")),
+    };
+    let (key, value) = match kv.split_once('=') {
+        Some((k, v)) => (k, Some(v)),
+        None => (kv, None),
+    };
+    check_key(key)?;
+    if let Some(v) = value
+        && (!is_label_value(v) || v.is_empty())
+    {
+        return Err(format!(
+            "the value `{v}` must be 1–63 characters of letters, digits, '-', '_' and '.', starting and \
+             ending with a letter or digit (or leave out `=VALUE`)"
+        ));
+    }
+    Ok(Taint { key: key.to_owned(), value: value.map(str::to_owned), effect })
+}
+
+/// The kubeadm configuration API a Kubernetes release reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KubeadmApi {
+    V1beta3,
+    V1beta4,
+}
+
+impl KubeadmApi {
+    pub fn for_version(v: &Version) -> Result<Self> {
+        if v.major != 1 || !v.at_least(1, 22, 0) {
+            bail!(
+                "Kubernetes {v}: nodeforge writes kubeadm's JoinConfiguration as kubeadm.k8s.io/v1beta3 \
+                 (kubeadm 1.22–1.30) or v1beta4 (1.31 on); this release reads neither. Use a profile with \
+                 Kubernetes 1.22 or later, or leave out --join-endpoint and join by hand"
+            );
+        }
+        Ok(if v.at_least(1, 31, 0) { Self::V1beta4 } else { Self::V1beta3 })
+    }
+
+    pub fn api_version(self) -> &'static str {
+        match self {
+            Self::V1beta3 => "kubeadm.k8s.io/v1beta3",
+            Self::V1beta4 => "kubeadm.k8s.io/v1beta4",
+        }
+    }
+}
+
+/// Everything a join needs.
+#[derive(Debug, Clone)]
+pub struct Join {
+    pub node: String,
+    pub endpoint: String,
+    pub token: Secret,
+    pub ca_cert_hashes: Vec<String>,
+    pub labels: Vec<Label>,
+    pub taints: Vec<Taint>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct JoinConfiguration<'a> {
+    api_version: &'static str,
+    kind: &'static str,
+    node_registration: NodeRegistration<'a>,
+    discovery: Discovery<'a>,
+    patches: Patches,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct NodeRegistration<'a> {
+    name: &'a str,
+    cri_socket: &'static str,
+    /// Always written: kubeadm reads a missing list as "default taints" (which only matter to
+    /// control-plane nodes, but an explicit list says what is meant).
+    taints: &'a [Taint],
+    #[serde(skip_serializing_if = "KubeletExtraArgs::is_empty")]
+    kubelet_extra_args: KubeletExtraArgs,
+}
+
+/// v1beta3 has a string map; v1beta4 a list of `{name, value}` (duplicates allowed).
+#[derive(Serialize)]
+#[serde(untagged)]
+enum KubeletExtraArgs {
+    Map(BTreeMap<&'static str, String>),
+    List(Vec<Arg>),
+}
+
+impl KubeletExtraArgs {
+    fn is_empty(&self) -> bool {
+        match self {
+            Self::Map(m) => m.is_empty(),
+            Self::List(l) => l.is_empty(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Arg {
+    name: &'static str,
+    value: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Discovery<'a> {
+    bootstrap_token: BootstrapTokenDiscovery<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct BootstrapTokenDiscovery<'a> {
+    api_server_endpoint: &'a str,
+    token: &'a Secret,
+    ca_cert_hashes: &'a [String],
+}
+
+#[derive(Serialize)]
+struct Patches {
+    directory: &'static str,
+}
+
+impl Join {
+    /// The JoinConfiguration document. It holds the token: write it only into 0600 files.
+    pub fn render(&self, api: KubeadmApi) -> Result<String> {
+        let mut args = Vec::new();
+        if !self.labels.is_empty() {
+            let labels: Vec<String> = self.labels.iter().map(|l| format!("{}={}", l.key, l.value)).collect();
+            args.push(("node-labels", labels.join(",")));
+        }
+        let kubelet_extra_args = match api {
+            KubeadmApi::V1beta3 => KubeletExtraArgs::Map(args.into_iter().collect()),
+            KubeadmApi::V1beta4 => {
+                KubeletExtraArgs::List(args.into_iter().map(|(name, value)| Arg { name, value }).collect())
+            }
+        };
+        let doc = JoinConfiguration {
+            api_version: api.api_version(),
+            kind: "JoinConfiguration",
+            node_registration: NodeRegistration {
+                name: &self.node,
+                cri_socket: CRI_SOCKET,
+                taints: &self.taints,
+                kubelet_extra_args,
+            },
+            discovery: Discovery {
+                bootstrap_token: BootstrapTokenDiscovery {
+                    api_server_endpoint: &self.endpoint,
+                    token: &self.token,
+                    ca_cert_hashes: &self.ca_cert_hashes,
+                },
+            },
+            patches: Patches { directory: PATCHES_DIR },
+        };
+        // The error cannot quote the token: serde-saphyr reports only what failed to serialise.
+        serde_saphyr::to_string(&doc).context("serialising the JoinConfiguration")
+    }
+
+    /// The runcmd line: join, then remove the configuration (and with it the token) whether
+    /// or not the join worked; a bootstrap token is short-lived, and a retry needs a new seed
+    /// (a new instance-id) anyway. Exits with kubeadm's status so cloud-init reports a failure.
+    pub fn command() -> String {
+        format!(
+            "mkdir -p {PATCHES_DIR}; rc=0; kubeadm join --config {JOIN_CONFIG_PATH} || rc=$?; \
+             rm -f {JOIN_CONFIG_PATH}; exit $rc"
+        )
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a panic is the failure report in a test
+mod tests {
+    use super::*;
+
+    fn v(s: &str) -> Version {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn api_version_follows_the_kubernetes_version() {
+        assert!(KubeadmApi::for_version(&v("1.21.14")).unwrap_err().to_string().contains("1.22 or later"));
+        assert_eq!(KubeadmApi::for_version(&v("1.22.0")).unwrap(), KubeadmApi::V1beta3);
+        assert_eq!(KubeadmApi::for_version(&v("1.30.14")).unwrap(), KubeadmApi::V1beta3);
+        assert_eq!(KubeadmApi::for_version(&v("1.31.0-rc.1")).unwrap(), KubeadmApi::V1beta3);
+        assert_eq!(KubeadmApi::for_version(&v("1.31.0")).unwrap(), KubeadmApi::V1beta4);
+        assert_eq!(KubeadmApi::for_version(&v("1.35.2")).unwrap(), KubeadmApi::V1beta4);
+        assert!(KubeadmApi::for_version(&v("2.0.0")).is_err());
+    }
+
+    #[test]
+    fn tokens_are_checked_and_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("t");
+        std::fs::write(&f, "abcdef.0123456789abcdef\n").unwrap();
+        let t = read_token(&f).unwrap();
+        assert_eq!(t.expose(), "abcdef.0123456789abcdef");
+        assert_eq!(format!("{t} {t:?}"), "<redacted> Secret(<redacted>)");
+        for bad in [
+            "ABCDEF.0123456789abcdef",
+            "abcdef.0123456789abcde",
+            "abcdef0123456789abcdef",
+            "",
+            "abcdef.0123456789abcdeg x",
+        ] {
+            std::fs::write(&f, bad).unwrap();
+            let e = format!("{:#}", read_token(&f).unwrap_err());
+            assert!(e.contains("--token-file") && e.contains("[a-z0-9]{6}.[a-z0-9]{16}"), "{e}");
+            assert!(bad.is_empty() || !e.contains(bad), "the error quotes the token: {e}");
+        }
+        let e = format!("{:#}", read_token(&dir.path().join("missing")).unwrap_err());
+        assert!(e.contains("--token-file") && e.contains("missing"), "{e}");
+    }
+
+    #[test]
+    fn inputs_are_validated() {
+        assert_eq!(
+            parse_ca_cert_hash(&format!("sha256:{}", "AB".repeat(32))).unwrap(),
+            format!("sha256:{}", "ab".repeat(32))
+        );
+        assert!(parse_ca_cert_hash(&"ab".repeat(32)).is_err());
+        assert!(parse_ca_cert_hash(&format!("sha256:{}", "ab".repeat(31))).is_err());
+        assert!(parse_ca_cert_hash(&format!("sha1:{}", "ab".repeat(32))).is_err());
+
+        for ok in ["10.0.0.10:6443", "cp.example.com:443", "[fd00::1]:6443", "localhost:1"] {
+            assert_eq!(parse_endpoint(ok).unwrap(), ok);
+        }
+        for bad in [
+            "10.0.0.10",
+            "10.0.0.10:0",
+            "10.0.0.10:70000",
+            "fd00::1:6443",
+            "[zz]:6443",
+            "bad_host:6443",
+            ":6443",
+            "h:+1",
+        ] {
+            assert!(parse_endpoint(bad).is_err(), "{bad}");
+        }
+
+        assert_eq!(
+            parse_label("example.com/tier=web").unwrap(),
+            Label { key: "example.com/tier".into(), value: "web".into() }
+        );
+        assert_eq!(parse_label("empty=").unwrap().value, "");
+        assert!(parse_label("node.kubernetes.io/pool=a").is_ok());
+        assert!(parse_label("topology.kubernetes.io/zone=z1").is_ok());
+        let e = parse_label("node-role.kubernetes.io/worker=").unwrap_err();
+        assert!(e.contains("kubectl label node"), "{e}");
+        for bad in ["noequals", "=v", "a=-v", "Bad_Prefix/k=v", &format!("k={}", "v".repeat(64))] {
+            assert!(parse_label(bad).is_err(), "{bad}");
+        }
+
+        assert_eq!(
+            parse_taint("dedicated=gpu:NoSchedule").unwrap(),
+            Taint { key: "dedicated".into(), value: Some("gpu".into()), effect: Effect::NoSchedule }
+        );
+        assert_eq!(parse_taint("example.com/drain:NoExecute").unwrap().value, None);
+        assert!(parse_taint("k=v:PreferNoSchedule").is_ok());
+        let e = parse_taint("k=v:NoRun").unwrap_err();
+        assert!(e.contains("NoSchedule, PreferNoSchedule, NoExecute"), "{e}");
+        assert!(parse_taint("k=v").is_err());
+        assert!(parse_taint("k=:NoSchedule").is_err());
+
+        assert!(parse_node_name("worker-3.lab").is_ok());
+        for bad in ["Worker", "-a", "a_b", "", &"a".repeat(64)] {
+            assert!(parse_node_name(bad).is_err(), "{bad}");
+        }
+    }
+}
