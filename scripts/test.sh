@@ -15,12 +15,12 @@ step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "CLI reference is current"
-cargo run -q -p nodeforge --example cli-reference --locked > target/cli.md
-diff -u docs/cli.md target/cli.md || { echo "docs/cli.md is stale: run 'make docs'" >&2; exit 1; }
+cargo run -q -p nodeforge --example cli-reference --locked | diff -u docs/cli.md - \
+  || { echo "docs/cli.md is stale: run 'make docs'" >&2; exit 1; }
 
 step "Supported matrix is current"
-cargo run -q -p nodeforge --example matrix --locked > target/matrix.md
-diff -u docs/matrix.md target/matrix.md || { echo "docs/matrix.md is stale: run 'make docs'" >&2; exit 1; }
+cargo run -q -p nodeforge --example matrix --locked | diff -u docs/matrix.md - \
+  || { echo "docs/matrix.md is stale: run 'make docs'" >&2; exit 1; }
 
 step "cargo build --workspace (the end-to-end tests run nodeforge, test-vm and the guest agent)"
 cargo build --workspace --locked
