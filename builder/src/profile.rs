@@ -523,6 +523,11 @@ impl Profile {
                 }
             }
             (None, Some(containerd)) => match (&self.runc, &self.cni_plugins) {
+                _ if containerd.extras.iter().any(|e| *e != Extra::ContainerdStress) => {
+                    Err("[containerd.release] extras: containerd's own archive has only \"containerd-stress\"; \
+                     critest and the GCE cluster scripts (\"critest\", \"cluster\") come with the bundle only"
+                        .into())
+                }
                 (Some(runc), Some(cni_plugins)) => {
                     Ok(Sources::Components { containerd, runc, cni_plugins, crictl: self.crictl.as_ref() })
                 }
@@ -691,6 +696,19 @@ sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
             p.upstream_sources()[0].url,
             "https://github.com/containerd/containerd/releases/download/v1.7.13/cri-containerd-cni-1.7.13-linux-amd64.tar.gz"
         );
+    }
+
+    #[test]
+    fn release_extras_are_the_release_archive_s_own() {
+        let components = format!(
+            "name = \"t\"\n[kubernetes]\nversion = \"1.35.1\"\n[containerd]\nversion = \"2.2.1\"\n\
+             [containerd.release]\nsha256 = \"{z}\"\nextras = [EXTRAS]\n[runc]\nversion = \"1.3.4\"\nsha256 = \"{z}\"\n\
+             [cni_plugins]\nversion = \"1.8.0\"\nsha256 = \"{z}\"\n",
+            z = "0".repeat(64)
+        );
+        assert!(Profile::parse(&components.replace("EXTRAS", "\"containerd-stress\"")).is_ok());
+        let err = Profile::parse(&components.replace("EXTRAS", "\"critest\"")).unwrap_err().to_string();
+        assert!(err.contains("bundle only"), "{err}");
     }
 
     #[test]
