@@ -322,6 +322,10 @@ fn seeds_are_reproducible_and_the_instance_id_follows_the_inputs() {
     let iso = s.path("a-iso/seed.iso");
     let probe = blkid(&iso);
     assert!(probe.lines().any(|l| l == "TYPE=iso9660") && probe.lines().any(|l| l == "LABEL=cidata"), "{probe}");
+    // Two different seeds must not share a /dev/disk/by-uuid name.
+    let uuid = |probe: &str| probe.lines().find(|l| l.starts_with("UUID=")).map(str::to_owned);
+    let (uuid_a, uuid_c) = (uuid(&probe), uuid(&blkid(&s.path("c-iso/seed.iso"))));
+    assert!(uuid_a.is_some() && uuid_a != uuid_c, "{uuid_a:?} vs {uuid_c:?}");
     // The same documents on both volumes; the default instance-id is derived, the given one used.
     for doc in ["meta-data", "user-data", "network-config"] {
         assert_eq!(iso_extract(&iso, doc, s.dir.path()), mcopy(&s.path("a-vfat/seed.img"), doc, s.dir.path()), "{doc}");

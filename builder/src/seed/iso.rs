@@ -3,8 +3,10 @@
 //! both extensions.
 //!
 //! Written by Debian's `xorriso -as mkisofs` rather than in-process: it is the reference
-//! writer, and with `SOURCE_DATE_EPOCH` set it fixes every volume and file timestamp and the
-//! volume UUID, so the same inputs give the same bytes. Owners and modes are fixed by
+//! writer, and with `SOURCE_DATE_EPOCH` set it fixes every volume and file timestamp, so the
+//! same inputs give the same bytes. The volume UUID (what `/dev/disk/by-uuid` names) would
+//! then be that same timestamp on every seed; it is set from a digest of the seed's content
+//! instead, so two seeds attached to one machine do not collide. Owners and modes are fixed by
 //! `-uid/-gid/-file-mode/-dir-mode`, so nothing of the build machine leaks in.
 //!
 //! The documents are staged in a private (0700) temporary directory beside the destination,
@@ -16,6 +18,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
+use sha2::{Digest, Sha256};
 
 use super::{SeedFiles, file_name};
 use crate::archive::ArtifactInfo;
@@ -57,6 +60,8 @@ pub fn write_iso(files: &SeedFiles, dest: &Path, mtime: u64) -> Result<ArtifactI
         .arg("-o")
         .arg(&iso)
         .args(&pathspecs)
+        .args(["--", "-volume_date", "uuid"])
+        .arg(volume_uuid(files))
         .env("SOURCE_DATE_EPOCH", mtime.to_string())
         .stdin(Stdio::null())
         .output();
@@ -84,6 +89,34 @@ pub fn write_iso(files: &SeedFiles, dest: &Path, mtime: u64) -> Result<ArtifactI
         let _ = d.sync_all();
     }
     Ok(ArtifactInfo { name, size, sha256 })
+}
+
+/// An ISO 9660 volume UUID derived from the seed's content. xorriso takes it as a 16-digit
+/// ECMA-119 time string (`YYYYMMDDhhmmsscc`, year 1970–2999), so each field is kept in range.
+fn volume_uuid(files: &SeedFiles) -> String {
+    let mut h = Sha256::new();
+    for (doc, text) in files.files() {
+        h.update(doc.as_bytes());
+        h.update([0]);
+        h.update(text.as_bytes());
+        h.update([0]);
+    }
+    for a in &files.attachments {
+        h.update(a.name.as_bytes());
+        h.update(a.sha256.0);
+    }
+    let d = h.finalize();
+    let n = |i: usize, m: u64| u64::from(u16::from_be_bytes([d[2 * i], d[2 * i + 1]])) % m;
+    format!(
+        "{:04}{:02}{:02}{:02}{:02}{:02}{:02}",
+        1970 + n(0, 1000),
+        1 + n(1, 12),
+        1 + n(2, 28),
+        n(3, 24),
+        n(4, 60),
+        n(5, 60),
+        n(6, 100)
+    )
 }
 
 #[cfg(test)]
