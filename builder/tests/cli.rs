@@ -8,28 +8,14 @@ mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::craft::{file, gz, tar, with};
 use common::http_server::{Route, TestServer};
 use common::standin::{repo_root, standin};
-use common::text;
+use common::{nodeforge, s, text};
 use sha2::{Digest, Sha256};
-
-fn nodeforge(args: &[&str], cache: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_nodeforge"))
-        .args(args)
-        .env("NODEFORGE_CACHE_DIR", cache)
-        .env_remove("SOURCE_DATE_EPOCH")
-        .env_remove("NODEFORGE_MIRROR")
-        .output()
-        .unwrap()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 /// Names in a directory, for "nothing was written" assertions (temp files included).
 fn listing(dir: &Path) -> Vec<String> {

@@ -15,7 +15,7 @@ use std::process::{Command, Output};
 
 use common::craft::{RawEntry, elf, file, gz, tar};
 use common::http_server::{Route, TestServer};
-use common::text;
+use common::{nodeforge, s, text};
 use nodeforge::io::Interrupt;
 use nodeforge::profile::{Arch, Extra};
 use nodeforge::release::{
@@ -26,20 +26,6 @@ use sha2::{Digest, Sha256};
 
 const EM_X86_64: u16 = 62;
 const EM_AARCH64: u16 = 183;
-
-fn nodeforge(args: &[&str], cache: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_nodeforge"))
-        .args(args)
-        .env("NODEFORGE_CACHE_DIR", cache)
-        .env_remove("SOURCE_DATE_EPOCH")
-        .env_remove("NODEFORGE_MIRROR")
-        .output()
-        .unwrap()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 fn sha(b: &[u8]) -> String {
     hex::encode(Sha256::digest(b))

@@ -19,21 +19,7 @@ use std::time::Duration;
 use common::containerd::{is_root, run, start_containerd_ready};
 use common::http_server::TestServer;
 use common::standin::standin;
-use common::text;
-
-fn nodeforge(args: &[&str], cache: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_nodeforge"))
-        .args(args)
-        .env("NODEFORGE_CACHE_DIR", cache)
-        .env_remove("SOURCE_DATE_EPOCH")
-        .env_remove("NODEFORGE_MIRROR")
-        .output()
-        .unwrap()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+use common::{nodeforge, s, text};
 
 /// The four archives' paths on the mirror, as on GitHub.
 fn component_paths(arch: &str) -> Vec<String> {

@@ -8,15 +8,12 @@
 //! §1.5 lists the layouts).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
-use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use flate2::read::MultiGzDecoder;
 
-use super::{EntryGuard, Limits, SelectedFile, Selection, check_elf, check_gzip_magic, read_error, stage};
-use crate::io::{Interrupt, LimitReader};
+use super::{EntryGuard, Limits, SelectedFile, Selection, check_elf, open_tar_gz, read_error, stage};
+use crate::io::Interrupt;
 use crate::overlay::{Content, OverlayPath};
 use crate::profile::{Arch, Extra, Sha256Hex};
 
@@ -151,11 +148,7 @@ fn select_archive(
     place: impl Fn(&str) -> Place,
 ) -> Result<Selection> {
     let name = req.name;
-    let file = File::open(archive).with_context(|| format!("opening {}", archive.display()))?;
-    let mut raw = BufReader::with_capacity(256 * 1024, file);
-    check_gzip_magic(&mut raw, name)?;
-    let unpacked = LimitReader::new(MultiGzDecoder::new(raw), limits.max_unpacked_bytes, format!("{name} unpacked"));
-    let mut tar = tar::Archive::new(unpacked);
+    let mut tar = open_tar_gz(archive, name, limits)?;
 
     let mut guard = EntryGuard::new(name, limits.max_entries);
     let mut sel = Selection::default();

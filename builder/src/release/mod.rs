@@ -137,6 +137,18 @@ pub struct BundleRequest<'a> {
     pub extras: BTreeSet<Extra>,
 }
 
+/// A gzip'd tar release archive opened for streaming: refused unless it starts as gzip, and
+/// capped at `limits.max_unpacked_bytes` of decompressed data.
+pub(crate) type TarGz = tar::Archive<LimitReader<MultiGzDecoder<BufReader<File>>>>;
+
+pub(crate) fn open_tar_gz(archive: &Path, name: &str, limits: Limits) -> Result<TarGz> {
+    let file = File::open(archive).with_context(|| format!("opening {}", archive.display()))?;
+    let mut raw = BufReader::with_capacity(256 * 1024, file);
+    check_gzip_magic(&mut raw, name)?;
+    let unpacked = LimitReader::new(MultiGzDecoder::new(raw), limits.max_unpacked_bytes, format!("{name} unpacked"));
+    Ok(tar::Archive::new(unpacked))
+}
+
 /// Stream a verified cri-containerd-cni bundle once, validating every entry, and stage the
 /// members a node needs as files under `staging` (a directory the caller owns and removes).
 pub fn select_bundle(
@@ -147,11 +159,7 @@ pub fn select_bundle(
     interrupt: &Interrupt,
 ) -> Result<Selection> {
     let name = req.name;
-    let file = File::open(archive).with_context(|| format!("opening {}", archive.display()))?;
-    let mut raw = BufReader::with_capacity(256 * 1024, file);
-    check_gzip_magic(&mut raw, name)?;
-    let unpacked = LimitReader::new(MultiGzDecoder::new(raw), limits.max_unpacked_bytes, format!("{name} unpacked"));
-    let mut tar = tar::Archive::new(unpacked);
+    let mut tar = open_tar_gz(archive, name, limits)?;
 
     let mut guard = EntryGuard::new(name, limits.max_entries);
     let mut sel = Selection::default();

@@ -18,3 +18,20 @@ pub fn text(o: &std::process::Output) -> String {
         String::from_utf8_lossy(&o.stderr)
     )
 }
+
+/// Run the `nodeforge` binary under test with its own download cache and none of the
+/// environment a developer's shell might carry (a mirror, a fixed timestamp).
+pub fn nodeforge(args: &[&str], cache: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_nodeforge"))
+        .args(args)
+        .env("NODEFORGE_CACHE_DIR", cache)
+        .env_remove("SOURCE_DATE_EPOCH")
+        .env_remove("NODEFORGE_MIRROR")
+        .output()
+        .expect("running nodeforge")
+}
+
+/// A test path as a command-line argument.
+pub fn s(p: &std::path::Path) -> &str {
+    p.to_str().expect("test paths are UTF-8")
+}
