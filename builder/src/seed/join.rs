@@ -21,9 +21,10 @@ use crate::version::Version;
 
 /// Where the JoinConfiguration lands on the node; removed after `kubeadm join` ran.
 pub const JOIN_CONFIG_PATH: &str = "/etc/kubernetes/nodeforge/join.yaml";
+/// The CRI socket kubeadm is told about: the one every rendered file names.
+pub use crate::render::CONTAINERD_SOCKET as CRI_SOCKET;
 /// The directory kubeadm reads kubelet-configuration patches from; nodeforge renders them.
 pub use crate::render::kubelet::PATCHES_DIR;
-pub const CRI_SOCKET: &str = "unix:///run/containerd/containerd.sock";
 
 /// A value that must never be printed. Serialises to the value itself (that is its one
 /// legitimate use); formats as `<redacted>`.
