@@ -206,6 +206,19 @@ pub fn check(loaded: &LoadedProfile) -> Vec<Finding> {
     for m in &p.registry.mirrors {
         registry_findings("[[registry.mirror]] host", &m.host, &mut out);
     }
+    // Whatever else a renderer refuses (a registry host or endpoint that is not one, a pod
+    // subnet with host bits set): `check` refuses it too, rather than pass a profile that
+    // `render` and `build` then fail on.
+    if !out.iter().any(|f| f.severity == Severity::Error)
+        && let Err(e) = crate::render::render_profile(p)
+    {
+        out.push(Finding {
+            severity: Severity::Error,
+            code: "render-refused",
+            message: format!("{e:#}"),
+            fix: "correct the value the message names".into(),
+        });
+    }
 
     let mut warn =
         |code, message: String, fix: String| out.push(Finding { severity: Severity::Warning, code, message, fix });

@@ -172,10 +172,10 @@ pub struct SeedConfig {
     #[command(flatten)]
     pub profile: ProfileArg,
     /// The node's name: its hostname, meta-data local-hostname and Node name.
-    #[arg(long, value_name = "NAME", value_parser = crate::seed::join::parse_node_name)]
+    #[arg(long, value_name = "NAME", value_parser = crate::ident::parse_node_name)]
     pub node: String,
     /// The cloud-init instance-id; a new one re-runs first boot (how a node is reprovisioned).
-    #[arg(long, value_name = "ID", value_parser = crate::seed::command::parse_instance_id)]
+    #[arg(long, value_name = "ID", value_parser = crate::ident::parse_instance_id)]
     pub instance_id: Option<String>,
     /// Join the cluster through this API server on first boot (needs --token-file and
     /// --ca-cert-hash).
@@ -200,7 +200,7 @@ pub struct SeedConfig {
           value_parser = crate::seed::join::parse_taint)]
     pub taints: Vec<crate::seed::join::Taint>,
     /// An SSH public key for the default user, added to the profile's (repeatable).
-    #[arg(long = "ssh-authorized-key", value_name = "KEY", value_parser = crate::seed::command::parse_ssh_key)]
+    #[arg(long = "ssh-authorized-key", value_name = "KEY", value_parser = crate::ident::parse_ssh_key)]
     pub ssh_authorized_keys: Vec<String>,
     /// An overlay.tar.gz from `nodeforge build` to carry on the seed and unpack on first boot.
     #[arg(long, value_name = "FILE")]

@@ -13,8 +13,11 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use crate::duration::GoDuration;
 use crate::imageref::ImageRef;
 use crate::version::Version;
+
+mod validate;
 
 /// The GitHub release URL of the cri-containerd-cni bundle. `{version}` and `{arch}` are
 /// substituted; `--mirror` later swaps the scheme and host.
@@ -424,41 +427,6 @@ impl std::str::FromStr for Sha256Hex {
 
 crate::serde_via_str!(Sha256Hex);
 
-/// A Go `time.Duration` string as the kubelet parses it (`90s`, `2m`, `1h30m`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(transparent)]
-pub struct GoDuration(String);
-
-impl GoDuration {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl<'de> Deserialize<'de> for GoDuration {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        let mut rest = s.as_str();
-        let mut any = false;
-        while !rest.is_empty() {
-            let n = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
-            let unit_end = rest[n..].find(|c: char| c.is_ascii_digit()).map_or(rest.len(), |i| n + i);
-            let unit = &rest[n..unit_end];
-            if n == 0 || !matches!(unit, "ns" | "us" | "ms" | "s" | "m" | "h") {
-                return Err(serde::de::Error::custom(format!(
-                    "`{s}` is not a duration: use numbers with units h, m, s, ms, e.g. `2m` or `1h30m`"
-                )));
-            }
-            any = true;
-            rest = &rest[unit_end..];
-        }
-        if !any {
-            return Err(serde::de::Error::custom("a duration cannot be empty"));
-        }
-        Ok(GoDuration(s))
-    }
-}
-
 /// A profile as loaded: the parsed value plus where it came from and the digest of its
 /// bytes (recorded in the manifest).
 #[derive(Debug, Clone)]
@@ -489,6 +457,7 @@ impl Profile {
     pub fn parse(text: &str) -> Result<Self, ProfileError> {
         let profile: Profile = toml::from_str(text).map_err(ProfileError::Toml)?;
         profile.sources().map_err(ProfileError::Structure)?;
+        validate::validate(&profile).map_err(ProfileError::Structure)?;
         Ok(profile)
     }
 

@@ -41,8 +41,25 @@ impl Val {
             Val::Int(n) => n.to_string(),
             Val::Bool(b) => b.to_string(),
             Val::StrList(l) => format!("[{}]", l.iter().map(|s| toml_str(s)).collect::<Vec<_>>().join(", ")),
-            Val::User(v) => v.to_string(),
+            Val::User(v) => user_value(v),
         }
+    }
+}
+
+/// A value from the profile's `[containerd.config]`, on one line whatever it holds: strings
+/// through [`toml_str`] (which escapes line breaks), arrays and tables inline. `toml`'s own
+/// printer writes a string holding a line break as a multi-line string, and nothing from a
+/// profile may start a line in a generated file.
+fn user_value(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => toml_str(s),
+        toml::Value::Array(a) => format!("[{}]", a.iter().map(user_value).collect::<Vec<_>>().join(", ")),
+        toml::Value::Table(t) if t.is_empty() => "{}".to_owned(),
+        toml::Value::Table(t) => {
+            let pairs: Vec<String> = t.iter().map(|(k, v)| format!("{} = {}", toml_key(k), user_value(v))).collect();
+            format!("{{ {} }}", pairs.join(", "))
+        }
+        other => other.to_string(),
     }
 }
 
@@ -457,6 +474,33 @@ mod tests {
         assert!(err.contains("`version`"), "{err}");
         let err = render(&profile("1.30.2", "1.7.27", "[containerd.config]\nplugins = 1\n")).unwrap_err().to_string();
         assert!(err.contains("as a table"), "{err}");
+    }
+
+    #[test]
+    fn raw_settings_never_start_a_line() {
+        let evil = "x\\n[plugins.evil]\\nkey = 1\\r\\n\\u0085\\u2028\\\"\\\"\\\"";
+        let extra = format!(
+            "[containerd.config]\nroot = \"{evil}\"\nlist = [\"{evil}\", {{ a = \"{evil}\" }}, {{}}]\n\
+             \"k\\n[plugins.k]\" = \"v\"\n[containerd.config.t]\ninline = {{ \"{evil}\" = [1.5, true] }}\n"
+        );
+        let p = profile("1.30.2", "1.7.27", &extra);
+        let out = render(&p).unwrap();
+        let Rendered::File(f) = &out[0] else { panic!("a file") };
+        let text = std::str::from_utf8(&f.bytes).unwrap();
+        assert!(
+            !text.lines().any(|l| l.trim_start().starts_with("[plugins.evil]") || l.starts_with("[plugins.k]")),
+            "{text}"
+        );
+        let t: toml::Table = toml::from_str(text).unwrap();
+        let want = "x\n[plugins.evil]\nkey = 1\r\n\u{85}\u{2028}\"\"\"";
+        assert_eq!(t["root"].as_str(), Some(want));
+        assert_eq!(t["list"][0].as_str(), Some(want));
+        assert_eq!(t["list"][1]["a"].as_str(), Some(want));
+        assert_eq!(t["k\n[plugins.k]"].as_str(), Some("v"));
+        assert_eq!(t["t"]["inline"][want][0].as_float(), Some(1.5));
+        assert!(t["list"][2].as_table().unwrap().is_empty());
+        let user_lines = text.lines().filter(|l| l.contains("plugins.evil") || l.contains("plugins.k]")).count();
+        assert_eq!(user_lines, 4, "one line per user key: {text}");
     }
 
     #[test]

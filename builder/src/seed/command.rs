@@ -146,24 +146,3 @@ pub fn seed(c: &SeedConfig) -> Result<SeedReport> {
         }),
     })
 }
-
-/// `--instance-id`: printable ASCII without spaces (cloud-init uses it as a directory name).
-pub fn parse_instance_id(s: &str) -> Result<String, String> {
-    if !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic() && b != b'/') {
-        Ok(s.to_owned())
-    } else {
-        Err("expected 1–128 printable ASCII characters without spaces or '/' (cloud-init names a \
-             directory after it)"
-            .into())
-    }
-}
-
-/// `--ssh-authorized-key`: one line of an authorized_keys file.
-pub fn parse_ssh_key(s: &str) -> Result<String, String> {
-    let kinds = ["ssh-", "ecdsa-sha2-", "sk-"];
-    if s.lines().count() == 1 && kinds.iter().any(|k| s.starts_with(k)) && s.split_whitespace().count() >= 2 {
-        Ok(s.trim().to_owned())
-    } else {
-        Err("expected one public key line such as `ssh-ed25519 AAAA… user@host`".into())
-    }
-}

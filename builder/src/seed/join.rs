@@ -109,29 +109,8 @@ pub fn parse_endpoint(s: &str) -> Result<String, String> {
     Ok(s.to_owned())
 }
 
-/// An RFC 1123 subdomain: what a Node's name must be.
-pub fn is_dns_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-        })
-}
-
-/// `--node`: the Node name and the machine's hostname.
-pub fn parse_node_name(s: &str) -> Result<String, String> {
-    if is_dns_name(s) {
-        Ok(s.to_owned())
-    } else {
-        Err("a node name must be a lowercase RFC 1123 name: letters, digits, '-' and '.', at most 253 \
-             characters, each dot-separated part 1–63 long and not starting or ending with '-'"
-            .into())
-    }
-}
+// One rule for `--node` and the profile's `name` and `seed.hostname`.
+pub use crate::ident::{is_dns_name, parse_node_name};
 
 /// A label or taint key: `[prefix/]name`, prefix a DNS subdomain, name ≤ 63 characters.
 fn check_key(key: &str) -> Result<(), String> {
