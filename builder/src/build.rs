@@ -20,7 +20,9 @@ use crate::io::Interrupt;
 use crate::manifest::{self, Manifest, SourceRecord};
 use crate::output::{self, TEMP_PREFIX};
 use crate::overlay::{Content, EntryKind, Origin, Overlay, OverlayPath};
-use crate::profile::{Arch, LoadedProfile, Sha256Hex, SourceKind, Sources, UpstreamSource};
+use crate::profile::{
+    Arch, LoadedProfile, Sha256Hex, SourceKind, Sources, UpstreamSource, redact_url_text, url_file_name,
+};
 use crate::release::{self, BundleRequest, ComponentRequest, Limits, SelectedFile, Selection};
 use crate::{render, seed};
 
@@ -56,7 +58,8 @@ pub struct FetchedSource {
     /// `crictl`, `kubelet`, `kubeadm`, `kubectl`) or `image`.
     pub kind: String,
     pub name: String,
-    /// Upstream URL, or the profile-relative path of a local image archive.
+    /// Upstream URL (credentials and query string redacted), or the profile-relative path of
+    /// a local image archive.
     pub url: String,
     pub sha256: Sha256Hex,
     pub size: u64,
@@ -78,16 +81,15 @@ pub fn fetch_sources(loaded: &LoadedProfile, fetcher: &Fetcher) -> Result<Vec<Fe
         out.push(FetchedSource {
             kind: src.kind.to_string(),
             name,
-            url: src.url,
+            url: redact_url_text(&src.url),
             sha256: got.sha256,
             size: got.size,
             path: got.path,
         });
     }
     for img in &p.images {
-        let remote = img.source.starts_with("http://") || img.source.starts_with("https://");
-        let got = if remote {
-            let name = img.source.rsplit('/').next().unwrap_or(&img.source).to_owned();
+        let got = if img.is_remote() {
+            let name = url_file_name(&img.source).to_owned();
             fetcher.fetch(&Artifact { name, url: img.source.clone(), sha256: img.sha256 })
         } else {
             fetcher.fetch_local(&loaded.resolve(&img.source), &img.sha256)
@@ -97,7 +99,7 @@ pub fn fetch_sources(loaded: &LoadedProfile, fetcher: &Fetcher) -> Result<Vec<Fe
         out.push(FetchedSource {
             kind: "image".into(),
             name: img.reference.to_string(),
-            url: img.source.clone(),
+            url: img.shown_source(),
             sha256: got.sha256,
             size: got.size,
             path: got.path,

@@ -9,6 +9,12 @@
 //!
 //! `--locked` (build, image, fetch) then refuses, before any download, a profile whose
 //! sources differ from the lock in any URL or digest: CI builds what was reviewed.
+//!
+//! A lock is committed beside the profile, so it holds no secret: URLs are recorded with
+//! their user name, password and query string replaced by `REDACTED` (as everywhere
+//! nodeforge shows a URL), and compared that way. A rotated password or a re-signed download
+//! link is therefore not a change to the lock; the pinned digest still decides what is
+//! accepted.
 
 use std::path::{Path, PathBuf};
 
@@ -19,7 +25,7 @@ use crate::build::fetch_sources;
 use crate::commands::Stage;
 use crate::fetch::{Fetcher, parse_checksum_file, published_checksum};
 use crate::output::write_atomic;
-use crate::profile::{LoadedProfile, Profile, Sha256Hex, SourceKind};
+use crate::profile::{LoadedProfile, Profile, Sha256Hex, SourceKind, redact_url_text};
 use crate::version::Version;
 
 /// The lock file format this nodeforge writes and reads.
@@ -46,7 +52,8 @@ pub struct Lock {
 pub struct LockedSource {
     pub kind: SourceKind,
     pub version: Version,
-    /// The upstream URL (a mirror used while locking is not recorded).
+    /// The upstream URL, credentials and query string redacted (a mirror used while locking
+    /// is not recorded).
     pub url: String,
     pub sha256: Sha256Hex,
     pub size: u64,
@@ -87,11 +94,11 @@ pub fn lock(loaded: &LoadedProfile, fetcher: &Fetcher) -> Result<Lock> {
             .with_context(|| what.clone())
             .context(Stage::Fetch)?;
         let text = String::from_utf8(bytes)
-            .map_err(|_| anyhow::anyhow!("{} is not text", published.url))
+            .map_err(|_| anyhow::anyhow!("{} is not text", redact_url_text(&published.url)))
             .with_context(|| what.clone())
             .context(Stage::Fetch)?;
         let digest = parse_checksum_file(&text, &published.name)
-            .with_context(|| format!("{} ({})", what, published.url))
+            .with_context(|| format!("{} ({})", what, redact_url_text(&published.url)))
             .context(Stage::Fetch)?;
         if digest != src.sha256 {
             return Err(anyhow::anyhow!(
@@ -100,13 +107,13 @@ pub fn lock(loaded: &LoadedProfile, fetcher: &Fetcher) -> Result<Lock> {
                 src.kind,
                 src.version,
                 src.sha256,
-                src.url,
-                published.url,
+                redact_url_text(&src.url),
+                redact_url_text(&published.url),
                 digest
             )
             .context(Stage::Fetch));
         }
-        checksum_urls.push(published.url);
+        checksum_urls.push(redact_url_text(&published.url));
     }
     let fetched = fetch_sources(loaded, fetcher)?;
     let (runtime, images) = fetched.split_at(upstream.len());
@@ -117,7 +124,7 @@ pub fn lock(loaded: &LoadedProfile, fetcher: &Fetcher) -> Result<Lock> {
         .map(|((src, got), checksum_url)| LockedSource {
             kind: src.kind,
             version: src.version,
-            url: src.url,
+            url: redact_url_text(&src.url),
             sha256: got.sha256,
             size: got.size,
             checksum_url,
@@ -129,7 +136,7 @@ pub fn lock(loaded: &LoadedProfile, fetcher: &Fetcher) -> Result<Lock> {
         .zip(images)
         .map(|(img, got)| LockedImage {
             reference: img.reference.to_string(),
-            source: img.source.clone(),
+            source: img.shown_source(),
             sha256: got.sha256,
             size: got.size,
         })
@@ -170,14 +177,15 @@ impl Lock {
     pub fn mismatches(&self, profile: &Profile) -> Vec<String> {
         let mut out = Vec::new();
         for src in profile.upstream_sources() {
+            let url = redact_url_text(&src.url);
             match self.sources.iter().find(|l| l.kind == src.kind) {
-                None => out.push(format!("{} {}: not in the lock", src.kind, src.url)),
-                Some(l) if l.url != src.url => {
-                    out.push(format!("{}: the profile's URL is {}, the lock's is {}", src.kind, src.url, l.url));
+                None => out.push(format!("{} {url}: not in the lock", src.kind)),
+                Some(l) if l.url != url => {
+                    out.push(format!("{}: the profile's URL is {url}, the lock's is {}", src.kind, l.url));
                 }
                 Some(l) if l.sha256 != src.sha256 => out.push(format!(
-                    "{} {}: the profile pins sha256 {}, the lock has {}",
-                    src.kind, src.url, src.sha256, l.sha256
+                    "{} {url}: the profile pins sha256 {}, the lock has {}",
+                    src.kind, src.sha256, l.sha256
                 )),
                 Some(_) => {}
             }
@@ -186,9 +194,12 @@ impl Lock {
             let reference = img.reference.to_string();
             match self.images.iter().find(|l| l.reference == reference) {
                 None => out.push(format!("image {reference}: not in the lock")),
-                Some(l) if l.source != img.source || l.sha256 != img.sha256 => out.push(format!(
+                Some(l) if l.source != img.shown_source() || l.sha256 != img.sha256 => out.push(format!(
                     "image {reference}: the profile has {} sha256 {}, the lock has {} sha256 {}",
-                    img.source, img.sha256, l.source, l.sha256
+                    img.shown_source(),
+                    img.sha256,
+                    l.source,
+                    l.sha256
                 )),
                 Some(_) => {}
             }

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use crate::archive::ArtifactInfo;
 use crate::output::write_atomic;
 use crate::overlay::{EntryKind, Origin, Overlay};
-use crate::profile::{LoadedProfile, Profile, Sha256Hex};
+use crate::profile::{LoadedProfile, Profile, Sha256Hex, redact_url_text};
 
 pub const MANIFEST_NAME: &str = "manifest.json";
 pub const SHA256SUMS_NAME: &str = "SHA256SUMS";
@@ -40,14 +40,16 @@ pub struct ProfileRecord {
     pub path: String,
     /// Of the profile file's bytes.
     pub sha256: Sha256Hex,
-    /// The profile with its defaults filled in: what the build actually used.
+    /// The profile with its defaults filled in: what the build actually used, with
+    /// credentials and query strings in its URLs redacted.
     pub profile: Profile,
 }
 
 /// An external input: the release bundle, a preloaded image archive.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub struct SourceRecord {
-    /// A URL, or a path relative to the profile for local image archives.
+    /// A URL (credentials and query string redacted), or a path relative to the profile for
+    /// local image archives.
     pub url: String,
     pub sha256: Sha256Hex,
     /// What it is: `bundle`, `containerd`, `runc`, `cni-plugins`, `crictl`, `kubelet`,
@@ -61,11 +63,11 @@ pub fn sources_from_profile(profile: &Profile) -> Vec<SourceRecord> {
     let mut sources: Vec<SourceRecord> = profile
         .upstream_sources()
         .into_iter()
-        .map(|u| SourceRecord { kind: u.kind.to_string(), url: u.url, sha256: u.sha256 })
+        .map(|u| SourceRecord { kind: u.kind.to_string(), url: redact_url_text(&u.url), sha256: u.sha256 })
         .collect();
     sources.extend(profile.images.iter().map(|i| SourceRecord {
         kind: "image".into(),
-        url: i.source.clone(),
+        url: i.shown_source(),
         sha256: i.sha256,
     }));
     sources
@@ -133,7 +135,7 @@ impl Manifest {
                 name: profile.profile.name.clone(),
                 path: profile.path.display().to_string(),
                 sha256: profile.sha256,
-                profile: profile.profile.clone(),
+                profile: profile.profile.redacted(),
             },
             sources,
             entries,

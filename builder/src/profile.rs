@@ -17,7 +17,10 @@ pub use crate::duration::GoDuration;
 use crate::imageref::ImageRef;
 use crate::version::Version;
 
+mod redact;
 mod validate;
+
+pub use redact::{redact_url_text, url_file_name};
 
 /// The GitHub release URL of the cri-containerd-cni bundle. `{version}` and `{arch}` are
 /// substituted; `--mirror` later swaps the scheme and host.
@@ -388,6 +391,18 @@ pub struct PreloadImage {
     pub sha256: Sha256Hex,
 }
 
+impl PreloadImage {
+    /// Whether `source` is a URL (else a path relative to the profile).
+    pub fn is_remote(&self) -> bool {
+        validate::is_url(&self.source)
+    }
+
+    /// `source` as it may be shown or recorded: a URL with credentials and query redacted.
+    pub fn shown_source(&self) -> String {
+        if self.is_remote() { redact_url_text(&self.source) } else { self.source.clone() }
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Seed {
@@ -617,9 +632,9 @@ impl UpstreamSource {
         Self { kind, version: version.clone(), url: expand_template(template, version, arch), sha256 }
     }
 
-    /// The file name at the end of the URL.
+    /// The file name at the end of the URL's path (never its query string).
     pub fn file_name(&self) -> &str {
-        self.url.rsplit('/').next().unwrap_or(&self.url)
+        url_file_name(&self.url)
     }
 }
 

@@ -438,6 +438,121 @@ fn locked_refuses_a_changed_digest_and_an_extra_source_before_anything_happens()
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
 }
 
+/// Credentials and a signature in every URL of a profile: used to fetch, and found in no
+/// output stream of any command (at -vv, with --json, failing) and in no file written.
+#[test]
+fn credentials_in_every_url_appear_in_no_output_and_no_file() {
+    let rel = release("amd64", EM_X86_64);
+    let st = Setup::new(&rel, true);
+    let image = b"an image archive".to_vec();
+    st.server.route("/images/busybox.tar", Route::Bytes(image.clone()));
+    let secret =
+        |path: &str| format!("{}{path}?sig=SECRET", st.server.base().replacen("http://", "http://user:PASSWORD@", 1));
+    let text_of = rel
+        .profile(true)
+        .replace(
+            "[containerd.release]\n",
+            &format!(
+                "[containerd.release]\nurl = \"{}\"\n",
+                secret("/containerd/containerd/releases/download/v{version}/containerd-{version}-linux-{arch}.tar.gz")
+            ),
+        )
+        .replace(
+            "[runc]\n",
+            &format!("[runc]\nurl = \"{}\"\n", secret("/opencontainers/runc/releases/download/v{version}/runc.{arch}")),
+        )
+        .replace(
+            "[cni_plugins]\n",
+            &format!(
+                "[cni_plugins]\nurl = \"{}\"\n",
+                secret(
+                    "/containernetworking/plugins/releases/download/v{version}/cni-plugins-linux-{arch}-v{version}.tgz"
+                )
+            ),
+        )
+        .replace(
+            "[crictl]\n",
+            &format!(
+                "[crictl]\nurl = \"{}\"\n",
+                secret("/kubernetes-sigs/cri-tools/releases/download/v{version}/crictl-v{version}-linux-{arch}.tar.gz")
+            ),
+        )
+        .replace(
+            "[kubernetes.binaries]\n",
+            &format!("[kubernetes.binaries]\nurl = \"{}\"\n", secret("/release/v{version}/bin/linux/{arch}/{name}")),
+        )
+        + &format!(
+            "[[image]]\nref = \"docker.io/library/busybox:1.36\"\nsource = \"{}\"\nsha256 = \"{}\"\n",
+            secret("/images/busybox.tar"),
+            sha(&image)
+        );
+    let profiles = st.path("profiles");
+    fs::create_dir(&profiles).unwrap();
+    let profile = profiles.join("node.toml");
+    fs::write(&profile, &text_of).unwrap();
+    let wrong = profiles.join("wrong.toml");
+    fs::write(&wrong, text_of.replace(&sha(&rel.runc.bytes), &"e".repeat(64))).unwrap();
+
+    let cache = st.path("cache");
+    let mut outputs = Vec::new();
+    let mut run = |args: &[&str], ok: bool| {
+        let o = nodeforge(args, &cache);
+        let all = text(&o);
+        for needle in ["PASSWORD", "SECRET", "sig="] {
+            assert!(!all.contains(needle), "`{needle}` in the output of {args:?}:\n{all}");
+        }
+        assert_eq!(o.status.success(), ok, "{args:?}: {all}");
+        outputs.push((args.join(" "), all));
+        o
+    };
+    let (p, w) = (s(&profile), s(&wrong));
+    let (o1, o2, o3) = (st.path("o1"), st.path("o2"), st.path("o3"));
+    let (l1, l2) = (st.path("l1.lock"), st.path("l2.lock"));
+    run(&["-vv", "fetch", "--profile", p], true);
+    run(&["--json", "fetch", "--profile", p], true);
+    run(&["check", "--profile", p], true);
+    run(&["-vv", "build", "--profile", p, "--out", s(&o1)], true);
+    let report = run(&["--json", "build", "--profile", p, "--out", s(&o2)], true);
+    run(&["-vv", "lock", "--profile", p, "--out", s(&l1)], true);
+    run(&["--json", "lock", "--profile", p, "--out", s(&l2)], true);
+    run(&["build", "--locked", "--lock", s(&l1), "--profile", p, "--out", s(&o3)], true);
+    run(&["-vv", "fetch", "--profile", w], false);
+    run(&["--json", "lock", "--profile", w, "--out", s(&st.path("l3.lock"))], false);
+
+    assert_eq!(outputs.len(), 10);
+    let report: Value = serde_json::from_slice(&report.stdout).unwrap();
+    for src in report["sources"].as_array().unwrap() {
+        assert!(src["url"].as_str().unwrap().contains("REDACTED@127.0.0.1"), "{src}");
+        assert!(!src["name"].as_str().unwrap().contains('?'), "{src}");
+    }
+    let manifest: Value = serde_json::from_slice(&fs::read(o1.join("manifest.json")).unwrap()).unwrap();
+    for e in manifest["entries"].as_array().unwrap() {
+        if let Some(artifact) = e["origin"]["artifact"].as_str() {
+            assert!(!artifact.contains('?'), "{e}");
+        }
+    }
+    // Every file written, whatever it is, except the profiles that hold the secrets.
+    let mut files = 0;
+    let mut stack = vec![st.tmp.path().to_owned()];
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir).unwrap() {
+            let path = e.unwrap().path();
+            if path == profiles {
+                continue;
+            } else if path.is_dir() {
+                stack.push(path);
+            } else {
+                let bytes = fs::read(&path).unwrap();
+                for needle in [&b"PASSWORD"[..], b"SECRET"] {
+                    assert!(!bytes.windows(needle.len()).any(|w| w == needle), "a secret in {}", path.display());
+                }
+                files += 1;
+            }
+        }
+    }
+    assert!(files > 20, "only {files} files checked");
+}
+
 // ---- hostile archives of each new format, through the library ----
 
 fn select(

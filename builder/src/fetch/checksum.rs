@@ -25,17 +25,19 @@ pub struct PublishedChecksum {
 /// | kubelet, kubeadm, kubectl | `<binary>.sha256` | the bare digest |
 pub fn published_checksum(src: &UpstreamSource) -> PublishedChecksum {
     let name = src.file_name().to_owned();
+    // The suffix goes on the path; a query string (a signed link) stays after it.
+    let (path, query) = src.url.find(['?', '#']).map_or((src.url.as_str(), ""), |i| src.url.split_at(i));
     let url = match src.kind {
-        SourceKind::Bundle | SourceKind::Containerd => format!("{}.sha256sum", src.url),
+        SourceKind::Bundle | SourceKind::Containerd => format!("{path}.sha256sum{query}"),
         SourceKind::Runc => {
-            let dir = src.url.rsplit_once('/').map_or(src.url.as_str(), |(dir, _)| dir);
-            format!("{dir}/runc.sha256sum")
+            let dir = path.rsplit_once('/').map_or(path, |(dir, _)| dir);
+            format!("{dir}/runc.sha256sum{query}")
         }
         SourceKind::CniPlugins
         | SourceKind::Crictl
         | SourceKind::Kubelet
         | SourceKind::Kubeadm
-        | SourceKind::Kubectl => format!("{}.sha256", src.url),
+        | SourceKind::Kubectl => format!("{path}.sha256{query}"),
     };
     PublishedChecksum { url, name }
 }

@@ -4,7 +4,7 @@
 
 use url::Url;
 
-use super::{Profile, SourceKind};
+use super::{Profile, SourceKind, redact_url_text};
 use crate::ident::{self, MAX_DESCRIPTION_CHARS};
 
 /// The longest URL template or image source path accepted.
@@ -28,12 +28,12 @@ pub(super) fn validate(p: &Profile) -> Result<(), String> {
         ident::parse_ssh_key(key).map_err(|why| field(&format!("seed.ssh_authorized_keys[{i}]"), key, why))?;
     }
     for (name, template) in url_templates(p) {
-        check_url_template(template).map_err(|why| field(name, template, why))?;
+        check_url_template(template).map_err(|why| field(name, &redact_url_text(template), why))?;
     }
     for (i, img) in p.images.iter().enumerate() {
         let name = format!("image[{i}].source");
         if is_url(&img.source) {
-            check_url_template(&img.source).map_err(|why| field(&name, &img.source, why))?;
+            check_url_template(&img.source).map_err(|why| field(&name, &redact_url_text(&img.source), why))?;
         } else {
             ident::parse_one_line(&img.source, MAX_URL_CHARS).map_err(|why| field(&name, &img.source, why))?;
             if img.source.is_empty() {
