@@ -52,8 +52,20 @@ impl std::fmt::Display for Reported {
 
 static INTERRUPT: OnceLock<Interrupt> = OnceLock::new();
 
-fn interrupt() -> &'static Interrupt {
-    INTERRUPT.get_or_init(|| Interrupt::install().unwrap_or_default())
+/// How long a run may take to unwind after SIGINT/SIGTERM/SIGHUP before it is ended anyway.
+const SIGNAL_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The process's interrupt flag, installed by [`run`].
+pub fn interrupt() -> &'static Interrupt {
+    INTERRUPT.get_or_init(Interrupt::default)
+}
+
+/// Route the termination signals to the flag, and make sure they end the run even where
+/// nothing polls it. A run that cannot be interrupted is refused rather than started.
+fn install_interrupt() -> Result<()> {
+    let flag = Interrupt::install().context("cannot install the signal handlers")?;
+    flag.exit_when_stuck(SIGNAL_GRACE).context("cannot start the signal watchdog")?;
+    INTERRUPT.set(flag).map_err(|_| anyhow::anyhow!("the signal handlers are installed twice"))
 }
 
 pub fn init_logging(verbose: u8) {
@@ -74,7 +86,7 @@ pub fn init_logging(verbose: u8) {
 
 pub fn run(cli: Cli) -> Result<()> {
     // Install signal handling before any work so an early Ctrl-C is seen too.
-    let _ = interrupt();
+    install_interrupt()?;
     let json = cli.json;
     match cli.command {
         Command::Check(c) => run_check(&c, json),

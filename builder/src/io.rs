@@ -1,9 +1,14 @@
 //! Streaming adapters, stacked as readers and writers: hash while the bytes pass, stop at a
-//! size cap, notice an interrupt. Nothing here buffers a whole artifact.
+//! size cap, notice an interrupt. Nothing here buffers a whole artifact. Also how input files
+//! are opened: regular files only, without ever blocking in `open`.
 
+use std::fs::{File, FileType, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
@@ -113,6 +118,54 @@ pub struct SizeLimitExceeded {
     pub limit: u64,
 }
 
+/// A path that should name a regular file names something else.
+#[derive(Debug, thiserror::Error)]
+#[error("{path} is {kind}, not a regular file")]
+pub struct NotRegularFile {
+    pub path: PathBuf,
+    pub kind: &'static str,
+}
+
+/// Open `path` for reading if it is a regular file (a symlink is followed), and refuse
+/// anything else with [`NotRegularFile`].
+///
+/// The open itself never blocks: opening a FIFO for reading waits for a writer, and no
+/// signal would end that wait (nodeforge handles SIGINT and SIGTERM itself, and `open`
+/// restarts after a handled signal). So the file is opened with `O_NONBLOCK` and judged by
+/// its type; on a regular file that flag changes nothing.
+pub fn open_regular(path: &Path) -> io::Result<File> {
+    let file = OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)?;
+    let kind = file.metadata()?.file_type();
+    if kind.is_file() {
+        return Ok(file);
+    }
+    Err(io::Error::new(io::ErrorKind::InvalidInput, NotRegularFile { path: path.to_owned(), kind: kind_name(kind) }))
+}
+
+fn kind_name(t: FileType) -> &'static str {
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a file"
+    }
+}
+
+/// The whole of a small input file (a profile, a token, a lock file, a certificate): a
+/// regular file of at most `limit` bytes, else an error naming the path.
+pub fn read_small_file(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    LimitReader::new(open_regular(path)?, limit, path.display().to_string()).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 /// Set by SIGINT/SIGTERM/SIGHUP; long loops poll it so an interrupted build unwinds through
 /// its destructors (which delete temporary files) instead of dying mid-write.
 #[derive(Debug, Clone, Default)]
@@ -130,6 +183,33 @@ impl Interrupt {
             signal_hook::flag::register(sig, Arc::clone(&flag))?;
         }
         Ok(Self(flag))
+    }
+
+    /// Make sure a signal ends the process even where nothing polls the flag (a read that
+    /// blocks until the stall timeout, a child process): once a termination signal arrived,
+    /// the process exits with 130 after `grace` if it has not ended by itself, and at once on
+    /// a second signal. For the binary only: it ends the whole process.
+    ///
+    /// Whatever the unwinding would have removed (a work directory, a temp download) is then
+    /// left for the next run to sweep; nothing partial is ever under a final name.
+    pub fn exit_when_stuck(&self, grace: Duration) -> io::Result<()> {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+        std::thread::Builder::new().name("signals".into()).spawn(move || {
+            let mut seen = false;
+            for _ in signals.forever() {
+                if seen {
+                    std::process::exit(130);
+                }
+                seen = true;
+                let _ = std::thread::Builder::new().name("signal-grace".into()).spawn(move || {
+                    std::thread::sleep(grace);
+                    eprintln!("nodeforge: interrupted; stopping without waiting for the current step to finish");
+                    std::process::exit(130);
+                });
+            }
+        })?;
+        Ok(())
     }
 
     /// Raise the flag from code: tests use it to exercise the unwinding path without a

@@ -31,6 +31,9 @@ use crate::version::Version;
 /// The lock file format this nodeforge writes and reads.
 pub const FORMAT: u32 = 1;
 
+/// A lock lists a handful of sources; anything this large is not a lock file.
+const MAX_LOCK_FILE_BYTES: u64 = 1 << 20;
+
 /// Published checksum files are a few lines; anything larger is not one.
 const MAX_CHECKSUM_FILE_BYTES: u64 = 1 << 20;
 
@@ -162,9 +165,11 @@ impl Lock {
     }
 
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| {
+        let bytes = crate::io::read_small_file(path, MAX_LOCK_FILE_BYTES).with_context(|| {
             format!("cannot read the lock file {} (write it with `nodeforge lock`)", path.display())
         })?;
+        let text =
+            String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("lock file {} is not UTF-8 text", path.display()))?;
         let lock: Lock = toml::from_str(&text).map_err(|e| anyhow::anyhow!("lock file {}: {e}", path.display()))?;
         if lock.format != FORMAT {
             bail!("lock file {} has format {}; this nodeforge reads format {FORMAT}", path.display(), lock.format);

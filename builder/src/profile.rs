@@ -442,6 +442,9 @@ impl std::str::FromStr for Sha256Hex {
 
 crate::serde_via_str!(Sha256Hex);
 
+/// The largest profile read: the shipped ones are 2 KiB.
+pub const MAX_PROFILE_BYTES: u64 = 1 << 20;
+
 /// A profile as loaded: the parsed value plus where it came from and the digest of its
 /// bytes (recorded in the manifest).
 #[derive(Debug, Clone)]
@@ -453,7 +456,8 @@ pub struct LoadedProfile {
 
 impl LoadedProfile {
     pub fn load(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).with_context(|| format!("cannot read profile {}", path.display()))?;
+        let bytes = crate::io::read_small_file(path, MAX_PROFILE_BYTES)
+            .with_context(|| format!("cannot read profile {}", path.display()))?;
         let text =
             std::str::from_utf8(&bytes).with_context(|| format!("profile {} is not UTF-8 text", path.display()))?;
         let profile = Profile::parse(text).map_err(|e| anyhow::anyhow!("profile {}: {e}", path.display()))?;

@@ -449,3 +449,26 @@ fn proxy_probe_child() {
         panic!("fetch through the environment's proxy settings failed: {e:#}");
     }
 }
+
+/// A cache entry replaced by a FIFO would block `open`; it is replaced like a damaged entry.
+#[test]
+fn a_cache_entry_that_is_a_fifo_is_replaced_not_waited_on() {
+    let server = TestServer::start();
+    let body = payload(5000);
+    server.route("/a.tar.gz", Route::Bytes(body.clone()));
+    let cache = tempfile::tempdir().unwrap();
+    let a = artifact(&server.url("/a.tar.gz"), &body);
+    fetcher(cache.path()).fetch(&a).unwrap();
+    let entry = cache.path().join("sha256").join(a.sha256.to_string());
+    fs::remove_file(&entry).unwrap();
+    assert!(Command::new("mkfifo").arg(&entry).status().unwrap().success());
+
+    let (tx, rx) = std::sync::mpsc::channel();
+    let dir = cache.path().to_owned();
+    thread::spawn(move || {
+        let _ = tx.send(fetcher(&dir).fetch(&a).map(|c| fs::read(c.path).unwrap()).map_err(|e| format!("{e:#}")));
+    });
+    let got = rx.recv_timeout(Duration::from_secs(10)).expect("fetch blocked on a FIFO in the cache");
+    assert_eq!(got.unwrap(), body);
+    assert_eq!(server.hits("/a.tar.gz"), 2, "fetched again");
+}

@@ -2,7 +2,7 @@
 
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use tempfile::NamedTempFile;
 
 use super::{CachedFile, copy_interruptibly};
-use crate::io::{HashingReader, Interrupt, Interrupted};
+use crate::io::{HashingReader, Interrupt, Interrupted, NotRegularFile, open_regular};
 use crate::output::TEMP_PREFIX;
 use crate::profile::Sha256Hex;
 
@@ -46,10 +46,12 @@ impl Cache {
         let path = self.locks.join(format!("{digest}.lock"));
         // Lock files are never deleted: removing one while another process waits on it
         // would let a third process lock a fresh file and run alongside the second.
+        // Without blocking: a FIFO put in its place is an error, not a hang.
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .custom_flags(libc::O_NONBLOCK)
             .open(&path)
             .with_context(|| format!("cannot open the cache lock {}", path.display()))?;
         let mut told = false;
@@ -114,9 +116,17 @@ impl LockedEntry<'_> {
     /// hand edit, a poisoned cache) is deleted with a warning, and the caller fetches anew.
     pub(super) fn lookup(&self, interrupt: &Interrupt) -> Result<Option<CachedFile>> {
         let path = self.path();
-        let file = match File::open(&path) {
+        let file = match open_regular(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.get_ref().is_some_and(|i| i.is::<NotRegularFile>()) => {
+                // Nothing but nodeforge writes entries, and it writes regular files: this one
+                // was put there, and is replaced like a damaged entry.
+                tracing::warn!(path = %path.display(), "{e}; removing it and fetching the file again");
+                let removed = if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+                removed.with_context(|| format!("cannot remove {}", path.display()))?;
+                return Ok(None);
+            }
             Err(e) => {
                 return Err(e).with_context(|| format!("cannot open the cached {}", path.display()));
             }

@@ -10,6 +10,9 @@ use super::{FetchError, FetchOptions, copy_interruptibly, io_cause};
 use crate::io::{HashingReader, Interrupted, LimitReader, SizeLimitExceeded};
 use crate::profile::Sha256Hex;
 
+/// A CA bundle the size of a distribution's whole trust store is about 200 KiB.
+const MAX_CA_FILE_BYTES: u64 = 4 << 20;
+
 /// GitHub sends release downloads through one or two redirects; ten is generous.
 const MAX_REDIRECTS: usize = 10;
 
@@ -24,7 +27,8 @@ pub(super) fn client(options: &FetchOptions) -> Result<reqwest::blocking::Client
         .timeout(options.stall_timeout)
         .redirect(reqwest::redirect::Policy::custom(redirect_rule));
     if let Some(path) = &options.ca_cert {
-        let pem = std::fs::read(path).with_context(|| format!("cannot read the CA certificate {}", path.display()))?;
+        let pem = crate::io::read_small_file(path, MAX_CA_FILE_BYTES)
+            .with_context(|| format!("cannot read the CA certificate {}", path.display()))?;
         let certs = reqwest::Certificate::from_pem_bundle(&pem)
             .with_context(|| format!("{} is not a PEM certificate", path.display()))?;
         if certs.is_empty() {

@@ -63,7 +63,8 @@ fn kernel_version(root: &Path) -> Result<String> {
 /// Copy `src` to `dest` (in the pending directory), hashing it.
 fn copy_artifact(src: &Path, dest: &Path) -> Result<ArtifactInfo> {
     let mut out = crate::output::AtomicFile::create(dest)?;
-    let mut r = HashingReader::new(File::open(src).with_context(|| format!("opening {}", src.display()))?);
+    let file = crate::io::open_regular(src).with_context(|| format!("opening {}", src.display()))?;
+    let mut r = HashingReader::new(file);
     std::io::copy(&mut r, &mut out).with_context(|| format!("copying {}", src.display()))?;
     out.commit(0o644)?;
     let (sha256, size) = r.finish();

@@ -8,7 +8,7 @@
 //! several hard links is never written through.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::{self, BufReader, Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt, lchown, symlink};
 use std::path::{Component, Path, PathBuf};
@@ -54,7 +54,7 @@ pub fn stage_base(base: &Path, root: &Path, interrupt: &Interrupt) -> Result<Sta
 /// Unpack a tar (optionally gzip'd) with the tar crate, which refuses members that would land
 /// outside `root`; hash the file's bytes on the way through.
 fn unpack_tar(path: &Path, root: &Path, interrupt: &Interrupt) -> Result<Sha256Hex> {
-    let mut file = BufReader::with_capacity(1 << 20, File::open(path)?);
+    let mut file = BufReader::with_capacity(1 << 20, crate::io::open_regular(path)?);
     let gzip = {
         let head = io::BufRead::fill_buf(&mut file)?;
         head.starts_with(&[0x1f, 0x8b])

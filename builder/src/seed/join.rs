@@ -57,9 +57,13 @@ impl Serialize for Secret {
 
 /// Read a bootstrap token (`[a-z0-9]{6}.[a-z0-9]{16}`, as `kubeadm token create` prints it)
 /// from `path`. Surrounding whitespace is ignored; errors never quote the file's content.
+/// A token file holds one 23-character token; anything much larger is not one.
+const MAX_TOKEN_FILE_BYTES: u64 = 4096;
+
 pub fn read_token(path: &Path) -> Result<Secret> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("--token-file {}: cannot read", path.display()))?;
+    let bytes = crate::io::read_small_file(path, MAX_TOKEN_FILE_BYTES)
+        .with_context(|| format!("--token-file {}: cannot read", path.display()))?;
+    let text = String::from_utf8(bytes).unwrap_or_default();
     let token = text.trim();
     let ok = token.len() == 23
         && token.split_once('.').is_some_and(|(id, secret)| {

@@ -227,7 +227,8 @@ pub struct Attachment {
 impl Attachment {
     /// Hash `path` now; the volume's identity and the instance-id depend on its digest.
     pub fn from_file(name: &str, path: &Path) -> Result<Self> {
-        let mut r = HashingReader::new(File::open(path).with_context(|| format!("opening {}", path.display()))?);
+        let file = crate::io::open_regular(path).with_context(|| format!("opening {}", path.display()))?;
+        let mut r = HashingReader::new(file);
         std::io::copy(&mut r, &mut std::io::sink()).with_context(|| format!("reading {}", path.display()))?;
         let (sha256, size) = r.finish();
         Ok(Self { name: name.to_owned(), path: path.to_owned(), size, sha256 })

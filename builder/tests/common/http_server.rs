@@ -39,6 +39,9 @@ pub enum Route {
     /// 200, no Content-Length, `chunk` every `interval` until the client goes away or the
     /// server is dropped. `interval` zero makes an endless fast body.
     Endless { chunk: Vec<u8>, interval: Duration },
+    /// Announces `claimed` bytes, sends `body` (shorter), then says nothing more, keeping the
+    /// connection open for `hold` (or until the server is dropped): a stalled server.
+    Silent { claimed: u64, body: Vec<u8>, hold: Duration },
 }
 
 #[derive(Debug, Default)]
@@ -205,6 +208,16 @@ fn serve(mut conn: Box<dyn Conn>, state: &Mutex<State>, stop: &AtomicBool) -> io
         Answer::Route(Route::Truncated { claimed, body }) => {
             write!(conn, "{}", head(200, Some(claimed)))?;
             conn.write_all(&body)?;
+        }
+        Answer::Route(Route::Silent { claimed, body, hold }) => {
+            write!(conn, "{}", head(200, Some(claimed)))?;
+            conn.write_all(&body)?;
+            conn.flush()?;
+            let until = std::time::Instant::now() + hold;
+            while !stop.load(Ordering::SeqCst) && std::time::Instant::now() < until {
+                thread::sleep(Duration::from_millis(20));
+            }
+            return Ok(());
         }
         Answer::Route(Route::Endless { chunk, interval }) => {
             write!(conn, "{}", head(200, None))?;
