@@ -69,7 +69,7 @@ pub struct NetConfig {
     /// An extra PEM root certificate to trust, for a mirror with an internal CA.
     #[arg(long, env = "NODEFORGE_CA_CERT", value_name = "FILE", hide_env_values = true)]
     pub ca_cert: Option<PathBuf>,
-    /// Refuse any single download larger than this many bytes.
+    /// Refuse any single download, or local image archive, larger than this many bytes.
     #[arg(long, value_name = "BYTES", default_value_t = 2 << 30)]
     pub max_download_bytes: u64,
 }

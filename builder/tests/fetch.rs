@@ -472,3 +472,28 @@ fn a_cache_entry_that_is_a_fifo_is_replaced_not_waited_on() {
     assert_eq!(got.unwrap(), body);
     assert_eq!(server.hits("/a.tar.gz"), 2, "fetched again");
 }
+
+/// The download cap applies to local image archives too, before a byte is copied.
+#[test]
+fn local_sources_obey_the_download_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let small = dir.path().join("small.tar");
+    fs::write(&small, payload(4096)).unwrap();
+    let mut options = FetchOptions::new(&cache);
+    options.max_download_bytes = 1024;
+    let err = Fetcher::new(options).unwrap().fetch_local(&small, &sha(&payload(4096))).unwrap_err();
+    let text = format!("{err:#}");
+    assert!(matches!(err.downcast_ref(), Some(FetchError::TooLarge { limit: 1024, .. })), "{text}");
+    assert!(text.contains("small.tar"), "{text}");
+    assert!(files_in(&cache.join("tmp")).is_empty() && files_in(&cache.join("sha256")).is_empty());
+
+    // 3 GiB, sparse: refused by its size with the default cap (2 GiB), nothing copied.
+    let sparse = dir.path().join("sparse.tar");
+    fs::File::create(&sparse).unwrap().set_len(3 << 30).unwrap();
+    let started = Instant::now();
+    let err = fetcher(&cache).fetch_local(&sparse, &sha(b"x")).unwrap_err();
+    assert!(matches!(err.downcast_ref(), Some(FetchError::TooLarge { .. })), "{err:#}");
+    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+    assert!(files_in(&cache.join("tmp")).is_empty());
+}

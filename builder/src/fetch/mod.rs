@@ -22,7 +22,6 @@ mod cache;
 mod checksum;
 mod http;
 
-use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -32,7 +31,7 @@ use url::Url;
 
 pub use self::checksum::{PublishedChecksum, parse_checksum_file, published_checksum};
 pub use self::http::{mirror_url, redact_url};
-use crate::io::{HashingReader, Interrupt, Interrupted};
+use crate::io::{HashingReader, Interrupt, Interrupted, LimitReader, SizeLimitExceeded, open_regular};
 use crate::profile::Sha256Hex;
 
 /// Environment variable that replaces the default cache directory.
@@ -210,18 +209,32 @@ impl Fetcher {
     /// The file is copied into the cache while it is hashed (one read, like a download), so
     /// what later steps read is the verified copy: the user's file may change or vanish
     /// after the check without the build packaging bytes nobody checked. When the cache
-    /// already holds a good copy of the digest the source is not read at all.
+    /// already holds a good copy of the digest the source is not read at all. The download
+    /// cap applies as to a download: a regular file larger than it is refused before a byte
+    /// is copied, and one that grows while it is read is stopped at the cap.
     pub fn fetch_local(&self, path: &Path, sha256: &Sha256Hex) -> Result<CachedFile> {
         let entry = self.cache.lock(sha256, &self.options.interrupt)?;
         if let Some(hit) = entry.lookup(&self.options.interrupt)? {
             tracing::debug!(source = %path.display(), "using the cached copy");
             return Ok(hit);
         }
-        let source = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let source = open_regular(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let limit = self.options.max_download_bytes;
+        let shown = path.display().to_string();
+        let size = source.metadata().with_context(|| format!("cannot read the size of {shown}"))?.len();
+        if size > limit {
+            return Err(FetchError::TooLarge { url: shown, limit }.into());
+        }
         let mut temp = entry.temp_file()?;
-        let mut reader = HashingReader::new(source);
-        copy_interruptibly(&self.options.interrupt, &mut reader, temp.as_file_mut())
-            .with_context(|| format!("copying {} into the cache", path.display()))?;
+        let mut reader = HashingReader::new(LimitReader::new(source, limit, &shown));
+        copy_interruptibly(&self.options.interrupt, &mut reader, temp.as_file_mut()).map_err(|e| {
+            let too_large = e.downcast_ref::<io::Error>().and_then(io_cause::<SizeLimitExceeded>).is_some();
+            if too_large {
+                FetchError::TooLarge { url: shown.clone(), limit }.into()
+            } else {
+                e.context(format!("copying {shown} into the cache"))
+            }
+        })?;
         let (actual, size) = reader.finish();
         if actual != *sha256 {
             return Err(FetchError::ChecksumMismatch {
