@@ -72,6 +72,21 @@ pub struct NetConfig {
     /// Refuse any single download, or local image archive, larger than this many bytes.
     #[arg(long, value_name = "BYTES", default_value_t = 2 << 30)]
     pub max_download_bytes: u64,
+    /// Fail a download when no data arrives for this many seconds (also the window of
+    /// --min-download-rate).
+    #[arg(long, env = "NODEFORGE_STALL_TIMEOUT", value_name = "SECONDS", default_value_t = 60,
+          hide_env_values = true, value_parser = clap::value_parser!(u64).range(1..))]
+    pub stall_timeout: u64,
+    /// Fail a download that averages fewer than this many bytes per second over a
+    /// --stall-timeout window (0: no minimum).
+    #[arg(
+        long,
+        env = "NODEFORGE_MIN_DOWNLOAD_RATE",
+        value_name = "BYTES_PER_SEC",
+        default_value_t = 1024,
+        hide_env_values = true
+    )]
+    pub min_download_rate: u64,
 }
 
 /// Building only what a lock file recorded.

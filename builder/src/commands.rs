@@ -233,6 +233,8 @@ fn fetcher(net: &NetConfig) -> Result<Fetcher> {
     let mut opts = FetchOptions::new(cache_dir);
     opts.mirror = net.mirror.clone();
     opts.max_download_bytes = net.max_download_bytes;
+    opts.stall_timeout = std::time::Duration::from_secs(net.stall_timeout);
+    opts.min_download_rate = net.min_download_rate;
     opts.progress = std::io::stderr().is_terminal();
     opts.ca_cert = net.ca_cert.clone();
     opts.interrupt = interrupt().clone();

@@ -450,6 +450,75 @@ fn proxy_probe_child() {
     }
 }
 
+/// A server that sends half the body and then nothing, connection open: reported as a stall
+/// after the stall timeout, not as a connection that closed.
+#[test]
+fn a_silent_server_is_reported_as_stalled() {
+    let server = TestServer::start();
+    let hold = Duration::from_secs(30);
+    server.route("/silent", Route::Silent { claimed: 10_000, body: payload(5_000), hold });
+    let cache = tempfile::tempdir().unwrap();
+    let mut options = FetchOptions::new(cache.path());
+    options.stall_timeout = Duration::from_secs(1);
+    let f = Fetcher::new(options).unwrap();
+    let started = Instant::now();
+    let err = fetch_error(&f, &artifact(&server.url("/silent"), &payload(10_000)));
+    let took = started.elapsed();
+    let text = format!("{err:#}");
+    eprintln!("silent server: failed after {:.2} s: {text}", took.as_secs_f64());
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert!(text.contains("no data for 1 s") && text.contains("5000 of 10000 bytes"), "{text}");
+    assert!(!text.contains("closed early"), "{text}");
+    let stalled =
+        matches!(err.downcast_ref(), Some(FetchError::Stalled { received: 5000, expected: Some(10_000), .. }));
+    assert!(stalled, "{text}");
+    assert_cache_empty(cache.path());
+}
+
+/// One byte now and then never trips the stall timeout; `nodeforge fetch` with the minimum
+/// rate and window set small through the environment stops it within seconds.
+#[test]
+fn a_trickling_server_is_stopped_by_the_minimum_rate() {
+    let server = TestServer::start();
+    server.route("/trickle.tar.gz", Route::Endless { chunk: vec![1; 10], interval: Duration::from_millis(200) });
+    let tmp = tempfile::tempdir().unwrap();
+    let profile = tmp.path().join("p.toml");
+    fs::write(
+        &profile,
+        format!(
+            "name = \"node-a\"\n[kubernetes]\nversion = \"1.30.2\"\n[containerd]\nversion = \"1.7.27\"\n\
+             [containerd.bundle]\nsha256 = \"{}\"\nurl = \"{}\"\n",
+            "0".repeat(64),
+            server.url("/trickle.tar.gz")
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nodeforge"))
+        .args(["fetch", "--profile", profile.to_str().unwrap()])
+        .env("NODEFORGE_CACHE_DIR", tmp.path().join("cache"))
+        .env("NODEFORGE_STALL_TIMEOUT", "1")
+        .env("NODEFORGE_MIN_DOWNLOAD_RATE", "200")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(15) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("a server sending 50 bytes/s kept the fetch running for 15 s");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let took = started.elapsed();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    eprintln!("trickling server: failed after {:.2} s", took.as_secs_f64());
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(err.contains("slower than 200 B/s over 1") && err.contains("trickle.tar.gz"), "{err}");
+}
+
 /// A cache entry replaced by a FIFO would block `open`; it is replaced like a damaged entry.
 #[test]
 fn a_cache_entry_that_is_a_fifo_is_replaced_not_waited_on() {

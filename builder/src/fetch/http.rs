@@ -1,6 +1,8 @@
 //! The HTTP side: the client, the redirect rule, mirrors, and one streamed download.
 
 use std::fs::File;
+use std::io::Read;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -80,7 +82,8 @@ pub(super) fn download(
     }
 
     let bar = progress_bar(options.progress, name, length);
-    let mut reader = HashingReader::new(LimitReader::new(bar.wrap_read(response), limit, &shown));
+    let rate = RateWatch::new(bar.wrap_read(response), options.min_download_rate, options.stall_timeout);
+    let mut reader = HashingReader::new(LimitReader::new(rate, limit, &shown));
     let copied = copy_interruptibly(&options.interrupt, &mut reader, out);
     let received = reader.count();
     if let Err(err) = copied {
@@ -88,24 +91,30 @@ pub(super) fn download(
         if err.is::<Interrupted>() {
             return Err(err);
         }
-        let too_large = err.downcast_ref::<std::io::Error>().and_then(io_cause::<SizeLimitExceeded>).is_some();
-        if too_large {
+        let io = err.downcast_ref::<std::io::Error>();
+        if io.and_then(io_cause::<SizeLimitExceeded>).is_some() {
             return Err(FetchError::TooLarge { url: shown, limit }.into());
         }
-        if let Some(expected) = length.filter(|&n| received < n) {
-            // The typed error on top, so callers can match it; hyper's words below.
-            return Err(err.context(FetchError::Truncated { url: shown, expected, received }));
+        if let Some(slow) = io.and_then(io_cause::<TooSlow>) {
+            let TooSlow { window, window_bytes } = *slow;
+            let min_rate = options.min_download_rate;
+            return Err(
+                FetchError::TooSlow { url: shown, min_rate, window, window_bytes, received, expected: length }.into()
+            );
         }
-        // reqwest reports a read timeout as an io::Error wrapping its own error.
-        let stalled = err.downcast_ref::<std::io::Error>().is_some_and(|e| {
+        // reqwest reports a read timeout as an io::Error wrapping its own error. A silent
+        // server is reported as such even when the length is known: the connection is open.
+        let stalled = io.is_some_and(|e| {
             e.kind() == std::io::ErrorKind::TimedOut
                 || io_cause::<reqwest::Error>(e).is_some_and(reqwest::Error::is_timeout)
         });
         if stalled {
-            let secs = options.stall_timeout.as_secs_f32();
-            return Err(
-                err.context(format!("downloading {shown} timed out: no data for {secs} s after {received} bytes"))
-            );
+            let timeout = options.stall_timeout;
+            return Err(FetchError::Stalled { url: shown, timeout, received, expected: length }.into());
+        }
+        if let Some(expected) = length.filter(|&n| received < n) {
+            // The typed error on top, so callers can match it; hyper's words below.
+            return Err(err.context(FetchError::Truncated { url: shown, expected, received }));
         }
         return Err(err.context(format!("downloading {shown} failed after {received} bytes")));
     }
@@ -117,6 +126,50 @@ pub(super) fn download(
         return Err(FetchError::Truncated { url: shown, expected, received: size }.into());
     }
     Ok((digest, size))
+}
+
+/// Fails a read once a whole window (the stall timeout) has passed with fewer than
+/// `min_rate` bytes per second arriving in it. Each read blocks at most the stall timeout,
+/// so a trickling server is stopped within about two windows.
+#[derive(Debug)]
+struct RateWatch<R> {
+    inner: R,
+    min_rate: u64,
+    window: Duration,
+    started: Instant,
+    bytes: u64,
+}
+
+/// What [`RateWatch`] saw in the window that failed.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("{window_bytes} bytes in {window:?}")]
+struct TooSlow {
+    window: Duration,
+    window_bytes: u64,
+}
+
+impl<R> RateWatch<R> {
+    fn new(inner: R, min_rate: u64, window: Duration) -> Self {
+        Self { inner, min_rate, window, started: Instant::now(), bytes: 0 }
+    }
+}
+
+impl<R: Read> Read for RateWatch<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 || self.min_rate == 0 {
+            return Ok(n);
+        }
+        self.bytes += n as u64;
+        let elapsed = self.started.elapsed();
+        if elapsed >= self.window {
+            if (self.bytes as f64) < self.min_rate as f64 * elapsed.as_secs_f64() {
+                return Err(std::io::Error::other(TooSlow { window: elapsed, window_bytes: self.bytes }));
+            }
+            (self.started, self.bytes) = (Instant::now(), 0);
+        }
+        Ok(n)
+    }
 }
 
 /// Bring a redirect refusal back up as itself, and keep credentials out of the message:

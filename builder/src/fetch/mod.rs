@@ -62,16 +62,23 @@ pub struct FetchOptions {
     /// added to the system's roots, not used instead of them.
     pub ca_cert: Option<PathBuf>,
     pub connect_timeout: Duration,
-    /// A download fails when no byte arrives for this long. reqwest's blocking timeout
-    /// applies to each read, so this detects a stalled transfer without capping how long a
-    /// large download on a slow link may take.
+    /// A download fails when no byte arrives for this long (and a request when its response
+    /// does not begin within it). reqwest's blocking timeout applies to each read, so this
+    /// detects a silent server without capping how long a large download may take.
     pub stall_timeout: Duration,
+    /// A download fails when, over any `stall_timeout` window, fewer than this many bytes per
+    /// second arrive: a server that trickles a byte now and then never goes silent long
+    /// enough for the stall timeout, yet would take days. 0 turns the check off.
+    pub min_download_rate: u64,
     /// Polled between chunks so a signal stops a download and removes its temporary file.
     pub interrupt: Interrupt,
 }
 
 impl FetchOptions {
     pub const DEFAULT_MAX_DOWNLOAD_BYTES: u64 = 2 << 30;
+    pub const DEFAULT_STALL_TIMEOUT_SECS: u64 = 60;
+    /// 1 KiB/s: a 60 MB release at that rate takes 17 hours; nothing real is that slow.
+    pub const DEFAULT_MIN_DOWNLOAD_RATE: u64 = 1024;
 
     /// Defaults for everything but the cache directory (see [`default_cache_dir`]).
     pub fn new(cache_dir: impl Into<PathBuf>) -> Self {
@@ -82,7 +89,8 @@ impl FetchOptions {
             progress: false,
             ca_cert: None,
             connect_timeout: Duration::from_secs(30),
-            stall_timeout: Duration::from_secs(60),
+            stall_timeout: Duration::from_secs(Self::DEFAULT_STALL_TIMEOUT_SECS),
+            min_download_rate: Self::DEFAULT_MIN_DOWNLOAD_RATE,
             interrupt: Interrupt::default(),
         }
     }
@@ -123,6 +131,18 @@ pub enum FetchError {
     #[error("{url} ended after {received} of {expected} bytes: the connection closed early")]
     Truncated { url: String, expected: u64, received: u64 },
     #[error(
+        "{url}: no data for {} s after {received}{} bytes: the server stalled (raise --stall-timeout \
+         if a link really pauses that long)",
+        secs(.timeout), of(.expected)
+    )]
+    Stalled { url: String, timeout: Duration, received: u64, expected: Option<u64> },
+    #[error(
+        "{url}: download slower than {} over {} s ({window_bytes} bytes in that time, {received}{} in \
+         all): the server trickles; lower --min-download-rate (0 turns the check off) if the link really is that slow",
+        rate(.min_rate), secs(.window), of(.expected)
+    )]
+    TooSlow { url: String, min_rate: u64, window: Duration, window_bytes: u64, received: u64, expected: Option<u64> },
+    #[error(
         "{url} is larger than the download limit of {limit} bytes; raise the limit if this \
          artifact really is that large"
     )]
@@ -131,6 +151,25 @@ pub enum FetchError {
     InsecureRedirect { from: String, to: String },
     #[error("{url} redirected more than {limit} times")]
     TooManyRedirects { url: String, limit: usize },
+}
+
+/// Seconds as people write them: `60`, `0.3`.
+fn secs(d: &Duration) -> String {
+    let s = d.as_secs_f64();
+    if s.fract() == 0.0 { format!("{s:.0}") } else { format!("{s:.1}") }
+}
+
+fn rate(bytes_per_sec: &u64) -> String {
+    match *bytes_per_sec {
+        n if n >= 1024 && n % 1024 == 0 => format!("{} KiB/s", n / 1024),
+        n if n >= 1024 => format!("{:.1} KiB/s", n as f64 / 1024.0),
+        n => format!("{n} B/s"),
+    }
+}
+
+/// ` of N` when the length is known.
+fn of(expected: &Option<u64>) -> String {
+    expected.map(|n| format!(" of {n}")).unwrap_or_default()
 }
 
 fn status_hint(status: u16) -> &'static str {
