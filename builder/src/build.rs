@@ -1,9 +1,10 @@
 //! `nodeforge build`: profile → verified sources → overlay tree → artifacts.
 //!
-//! Everything is produced inside a private temporary directory under `--out` and moved into
-//! place only when the whole build has succeeded, `SHA256SUMS` last. An error or a signal
-//! anywhere leaves the output directory as it was (the temporary directory is removed on
-//! unwind; one left by `kill -9` is swept by the next build).
+//! The build holds an exclusive lock on `--out` (a second build into it waits). Everything is
+//! produced inside a private work directory under `--out` and moved into place only when the
+//! whole build has succeeded, `SHA256SUMS` last. An error or a signal anywhere leaves the
+//! output directory as it was (the work directory is removed on unwind; one left by `kill -9`
+//! is swept by the next build, which knows it from a live one by its lock).
 
 use std::fmt::Write as _;
 use std::fs;
@@ -18,7 +19,7 @@ use crate::commands::Stage;
 use crate::fetch::{Artifact, Fetcher};
 use crate::io::Interrupt;
 use crate::manifest::{self, Manifest, SourceRecord};
-use crate::output::{self, TEMP_PREFIX};
+use crate::output;
 use crate::overlay::{Content, EntryKind, Origin, Overlay, OverlayPath};
 use crate::profile::{
     Arch, LoadedProfile, Sha256Hex, SourceKind, Sources, UpstreamSource, redact_url_text, url_file_name,
@@ -196,12 +197,10 @@ pub fn build_with(
     let sources = fetch_sources(loaded, fetcher)?;
     interrupt.check()?;
     fs::create_dir_all(&opts.out).with_context(|| format!("creating {}", opts.out.display()))?;
+    let _out_lock = output::lock_dir(&opts.out, interrupt)?;
     output::sweep_stale(&opts.out)?;
 
-    let work = tempfile::Builder::new()
-        .prefix(TEMP_PREFIX)
-        .tempdir_in(&opts.out)
-        .with_context(|| format!("creating a work directory in {}", opts.out.display()))?;
+    let work = output::WorkDir::new(&opts.out)?;
     let staging = work.path().join("staging");
     let pending = work.path().join("out");
     fs::create_dir(&staging)?;

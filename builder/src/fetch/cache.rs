@@ -4,22 +4,22 @@ use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tempfile::NamedTempFile;
 
 use super::{CachedFile, copy_interruptibly};
 use crate::io::{HashingReader, Interrupt, Interrupted, NotRegularFile, open_regular};
-use crate::output::TEMP_PREFIX;
+use crate::output;
 use crate::profile::Sha256Hex;
-
-/// A temporary file older than this belongs to a process that died: a live download writes
-/// at least once per stall timeout, which is far shorter.
-const STALE_TEMP_AGE: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// How often a waiting build retries a lock another build holds.
 const LOCK_POLL: Duration = Duration::from_millis(100);
+
+/// Held shared while a temp file is created and locked, exclusively while temp files are
+/// swept: a sweep never sees a new temp file in the instant before its owner locks it.
+const SWEEP_LOCK: &str = "sweep.lock";
 
 #[derive(Debug)]
 pub(super) struct Cache {
@@ -46,14 +46,7 @@ impl Cache {
         let path = self.locks.join(format!("{digest}.lock"));
         // Lock files are never deleted: removing one while another process waits on it
         // would let a third process lock a fresh file and run alongside the second.
-        // Without blocking: a FIFO put in its place is an error, not a hang.
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(&path)
-            .with_context(|| format!("cannot open the cache lock {}", path.display()))?;
+        let file = open_lock_file(&path)?;
         let mut told = false;
         loop {
             match file.try_lock() {
@@ -76,27 +69,30 @@ impl Cache {
         Ok(LockedEntry { cache: self, digest: *digest, _lock: file })
     }
 
-    /// Best effort: a temp file that cannot be removed now is retried next time.
+    /// Remove the temp files of downloads whose process is gone (killed, or crashed): each
+    /// live download holds a lock on its temp file, so an unlocked one has no owner. Best
+    /// effort, and skipped while another process sweeps: what is left now goes next time.
     fn sweep_stale_temps(&self) {
-        let Ok(dir) = fs::read_dir(&self.tmp) else {
+        let Ok(lock) = open_lock_file(&self.locks.join(SWEEP_LOCK)) else { return };
+        if lock.try_lock().is_err() {
             return;
-        };
-        let now = SystemTime::now();
-        for entry in dir.flatten() {
-            let stale = entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX)
-                && entry
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .is_ok_and(|t| now.duration_since(t).is_ok_and(|age| age > STALE_TEMP_AGE));
-            if stale {
-                let path = entry.path();
-                match fs::remove_file(&path) {
-                    Ok(()) => tracing::debug!(path = %path.display(), "removed a stale download"),
-                    Err(e) => tracing::debug!(path = %path.display(), "cannot remove: {e}"),
-                }
-            }
+        }
+        if let Err(e) = output::sweep_stale(&self.tmp) {
+            tracing::debug!("sweeping {}: {e:#}", self.tmp.display());
         }
     }
+}
+
+/// A lock file, created if missing. Opened without blocking, so a FIFO put in its place is an
+/// error rather than a hang.
+fn open_lock_file(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .with_context(|| format!("cannot open the cache lock {}", path.display()))
 }
 
 /// One digest's cache entry, locked; unlocked when dropped (closing the file releases it).
@@ -148,12 +144,13 @@ impl LockedEntry<'_> {
         Ok(None)
     }
 
-    /// A new, uniquely named file in the cache's temp directory. Dropping it deletes it.
+    /// A new, uniquely named file in the cache's temp directory, locked for as long as it is
+    /// open (so a sweep by another process knows it is alive). Dropping it deletes it.
     pub(super) fn temp_file(&self) -> Result<NamedTempFile> {
-        tempfile::Builder::new()
-            .prefix(TEMP_PREFIX)
-            .tempfile_in(&self.cache.tmp)
-            .with_context(|| format!("cannot create a file in {}", self.cache.tmp.display()))
+        let sweep = open_lock_file(&self.cache.locks.join(SWEEP_LOCK))?;
+        // A sweep holds this only while it walks the directory: milliseconds.
+        sweep.lock_shared().context("cannot lock the cache's temp directory")?;
+        output::locked_temp_file(&self.cache.tmp)
     }
 
     /// Move a verified temp file into place: fsync first so a crash cannot leave an entry

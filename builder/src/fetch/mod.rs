@@ -9,9 +9,15 @@
 //!
 //! ```text
 //! <cache>/sha256/<hex>      verified files, read-only, named by their digest
-//! <cache>/tmp/              downloads in progress (unique names; deleted on error or drop)
+//! <cache>/tmp/              downloads in progress (unique names; deleted on error or drop;
+//!                           each locked by its process, so the next run removes those left
+//!                           by a killed one and never a live one's)
 //! <cache>/locks/<hex>.lock  one lock per digest, held while that digest is checked or fetched
+//! <cache>/locks/sweep.lock  taken shared to create a temp file, exclusively to sweep `tmp/`
 //! ```
+//!
+//! A download fails when the server goes silent for [`FetchOptions::stall_timeout`] or sends
+//! less than [`FetchOptions::min_download_rate`] over such a window; errors say which.
 //!
 //! Proxies come from the environment (`HTTPS_PROXY`, `HTTP_PROXY`,
 //! `ALL_PROXY`, `NO_PROXY`, upper or lower case), read once when a [`Fetcher`] is made.

@@ -123,6 +123,7 @@ pub fn seed(c: &SeedConfig) -> Result<SeedReport> {
     let files = SeedFiles::with(&loaded, &ud, &identity, attachments)?;
 
     std::fs::create_dir_all(&c.out).with_context(|| format!("creating {}", c.out.display()))?;
+    let _out_lock = crate::output::lock_dir(&c.out, crate::commands::interrupt())?;
     crate::output::sweep_stale(&c.out)?;
     let dest = c.out.join(c.format.file_name());
     let mtime = c.source_date_epoch.unwrap_or(crate::build::DEFAULT_MTIME);

@@ -77,6 +77,28 @@ pub fn good_entries() -> Vec<RawEntry> {
     v
 }
 
+/// Bytes no compressor can shrink (xorshift), so writing them through gzip takes real time.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A minimal profile for a crafted bundle at `url` with digest `sha256`, plus `extra` TOML.
+pub fn bundle_profile(name: &str, url: &str, sha256: &str, extra: &str) -> String {
+    format!(
+        "name = \"{name}\"\n[kubernetes]\nversion = \"1.30.2\"\n[containerd]\nversion = \"1.7.27\"\n\
+         [containerd.bundle]\nurl = \"{url}\"\nsha256 = \"{sha256}\"\n{extra}"
+    )
+}
+
 /// The good bundle plus one more entry.
 pub fn with(extra: RawEntry) -> Vec<RawEntry> {
     let mut v = good_entries();
