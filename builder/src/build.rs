@@ -2,9 +2,11 @@
 //!
 //! The build holds an exclusive lock on `--out` (a second build into it waits). Everything is
 //! produced inside a private work directory under `--out` and moved into place only when the
-//! whole build has succeeded, `SHA256SUMS` last. An error or a signal anywhere leaves the
-//! output directory as it was (the work directory is removed on unwind; one left by `kill -9`
-//! is swept by the next build, which knows it from a live one by its lock).
+//! whole build has succeeded: the old `SHA256SUMS` is removed first and the new one renamed
+//! in last ([`output::commit_set`]), so a set that verifies is always one build's. An error
+//! or a signal before the commit leaves the output directory as it was (the work directory is
+//! removed on unwind; one left by `kill -9` is swept by the next build, which knows it from a
+//! live one by its lock).
 
 use std::fmt::Write as _;
 use std::fs;
@@ -242,15 +244,8 @@ pub fn build_with(
     manifest::write_sha256sums(&pending, &artifacts)?;
     interrupt.check()?;
 
-    // Commit: move each finished artifact into place, the checksum list last so its presence
-    // means the set is complete.
-    let mut names: Vec<&str> = artifacts.iter().map(|a| a.name.as_str()).collect();
-    names.push(manifest::SHA256SUMS_NAME);
-    for name in names {
-        let (from, to) = (pending.join(name), opts.out.join(name));
-        fs::rename(&from, &to).with_context(|| format!("moving {} into place", to.display()))?;
-    }
-    sync_dir(&opts.out);
+    let names: Vec<&str> = artifacts.iter().map(|a| a.name.as_str()).collect();
+    output::commit_set(&pending, &opts.out, &names, manifest::SHA256SUMS_NAME)?;
 
     let mut warnings = assembled.warnings;
     warnings.extend(
@@ -369,10 +364,4 @@ fn summarise(overlay: &Overlay) -> OverlaySummary {
         }
     }
     s
-}
-
-fn sync_dir(dir: &Path) {
-    if let Ok(d) = fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
 }

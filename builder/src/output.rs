@@ -202,6 +202,45 @@ pub fn sweep_stale(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Move a finished set of artifacts from `pending` into `out`, so that no reader can take a
+/// mix of two builds for one: `checksums` (the list of the set's digests) is removed first,
+/// and that made durable, then every artifact is renamed in, and `checksums` last. Whatever
+/// stops this part-way (an error, a kill, a power cut) leaves no `checksums` file, so a
+/// half-replaced set never verifies; if `checksums` exists, everything it lists is from the
+/// set it was written with.
+pub fn commit_set(pending: &Path, out: &Path, artifacts: &[&str], checksums: &str) -> Result<()> {
+    let list = out.join(checksums);
+    match fs::remove_file(&list) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing the old {}", list.display())),
+    }
+    sync_dir(out).with_context(|| format!("flushing {}", out.display()))?;
+    for name in artifacts {
+        let (from, to) = (pending.join(name), out.join(name));
+        fs::rename(&from, &to).with_context(|| format!("moving {} into place", to.display()))?;
+        #[cfg(debug_assertions)]
+        test_pause_between_renames();
+    }
+    // The artifacts' renames reach the disk before the list that vouches for them.
+    sync_dir(out).with_context(|| format!("flushing {}", out.display()))?;
+    fs::rename(pending.join(checksums), &list).with_context(|| format!("moving {} into place", list.display()))?;
+    sync_dir(out).with_context(|| format!("flushing {}", out.display()))
+}
+
+/// Debug builds only: `NODEFORGE_TEST_COMMIT_PAUSE_MS` holds the commit after each rename,
+/// so a test can kill the process between two renames on purpose.
+#[cfg(debug_assertions)]
+fn test_pause_between_renames() {
+    if let Some(ms) = std::env::var("NODEFORGE_TEST_COMMIT_PAUSE_MS").ok().and_then(|v| v.parse().ok()) {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,6 @@
 //! Runs that meet, and runs that die: two and three builds into one `--out`, a build waiting
-//! for the directory and stopped by Ctrl-C, and the temp files killed downloads leave in the
-//! cache. Real processes against a
+//! for the directory and stopped by Ctrl-C, a commit that fails or is `kill -9`ed between two
+//! renames, and the temp files killed downloads leave in the cache. Real processes against a
 //! crafted bundle served over HTTP on 127.0.0.1; every wait is bounded.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
@@ -200,6 +200,62 @@ fn a_reader_holding_flock_on_the_directory_holds_a_build_off() {
     assert!(started.elapsed() > Duration::from_millis(1500), "the build did not wait for the reader");
     let _ = reader.wait();
     assert!(verifies(&out));
+}
+
+#[test]
+fn a_commit_that_fails_part_way_leaves_no_list_that_could_verify_a_mix() {
+    let st = Setup::new();
+    let out = st.path("out");
+    let o = nodeforge(&["build", "--profile", s(&st.profiles[0]), "--out", s(&out)], &st.cache());
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(verifies(&out));
+
+    // manifest.json is renamed in after the overlays and the seed: make that rename fail.
+    fs::remove_file(out.join("manifest.json")).unwrap();
+    fs::create_dir(out.join("manifest.json")).unwrap();
+    fs::write(out.join("manifest.json/keep"), b"x").unwrap();
+    let o = nodeforge(&["build", "--profile", s(&st.profiles[1]), "--out", s(&out)], &st.cache());
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("manifest.json"), "{}", text(&o));
+    assert!(
+        !out.join("SHA256SUMS").exists() || verifies(&out),
+        "a SHA256SUMS that does not verify is left beside a half-replaced set"
+    );
+    assert!(!out.join("SHA256SUMS").exists(), "the old list must be gone once the set is being replaced");
+    assert!(temp_entries(&out).is_empty(), "left behind: {:?}", temp_entries(&out));
+
+    fs::remove_dir_all(out.join("manifest.json")).unwrap();
+    let o = nodeforge(&["build", "--profile", s(&st.profiles[1]), "--out", s(&out)], &st.cache());
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(verifies(&out));
+}
+
+#[test]
+fn kill_9_between_two_renames_leaves_no_list_and_the_next_build_recovers() {
+    let st = Setup::new();
+    let out = st.path("out");
+    let o = nodeforge(&["build", "--profile", s(&st.profiles[0]), "--out", s(&out)], &st.cache());
+    assert!(o.status.success(), "{}", text(&o));
+    let old: Vec<(String, Vec<u8>)> = ["overlay.tar.gz", "overlay.cpio.gz", "seed.img", "manifest.json"]
+        .iter()
+        .map(|n| (n.to_string(), fs::read(out.join(n)).unwrap()))
+        .collect();
+
+    // A debug-build hook holds the commit 1.5 s after each rename.
+    let mut child = st.spawn_build(1, &out, "killed.log", &[("NODEFORGE_TEST_COMMIT_PAUSE_MS", "1500")]);
+    until(Duration::from_secs(60), "the commit to start", || !out.join("SHA256SUMS").exists());
+    std::thread::sleep(Duration::from_millis(700));
+    signal(&child, "-KILL");
+    let _ = child.wait();
+    assert!(!out.join("SHA256SUMS").exists(), "a list is present after a kill mid-commit");
+    let changed: Vec<&str> =
+        old.iter().filter(|(n, bytes)| fs::read(out.join(n)).unwrap() != *bytes).map(|(n, _)| n.as_str()).collect();
+    assert!(!changed.is_empty() && changed.len() < old.len(), "not killed between renames: {changed:?} replaced");
+
+    let o = nodeforge(&["build", "--profile", s(&st.profiles[1]), "--out", s(&out)], &st.cache());
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(verifies(&out));
+    assert!(temp_entries(&out).is_empty(), "the killed build's work directory was not swept");
 }
 
 #[test]
