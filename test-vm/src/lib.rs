@@ -7,6 +7,7 @@
 //! [`accel`] picked) → [`run`] (watching [`serial`] output and the agent's [`protocol`] lines,
 //! advancing [`stages`], then [`join`] through the API server when asked) → [`report`].
 //! [`fleet`] runs that path once per node of one image, in sequence or in parallel.
+//! [`qemu`] starts its child through [`supervise`].
 
 pub mod accel;
 pub mod cli;
@@ -21,3 +22,4 @@ pub mod run;
 pub mod seed;
 pub mod serial;
 pub mod stages;
+pub mod supervise;
