@@ -15,7 +15,7 @@
 //! controller-manager `/healthz`) → [`bootstrap`] (kubeadm's admin binding, `upload-config
 //! all`, `bootstrap-token`, `cluster-info` naming the guest endpoint and signed for our token,
 //! the `default` ServiceAccount) → [`output`] (what a user needs; [`pki`] computes the CA
-//! pin).
+//! pin). [`serve`] is the `test-vm control-plane` command around it.
 
 pub mod bootstrap;
 pub mod components;
@@ -25,6 +25,7 @@ pub mod layout;
 pub mod output;
 pub mod pki;
 pub mod running;
+pub mod serve;
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -37,6 +38,7 @@ pub use components::{APISERVER, CONTROLLER_MANAGER, ETCD};
 pub use output::{ComponentInfo, ControlPlaneInfo, Timing};
 pub use pki::{BootstrapToken, ca_cert_hash, detached_jws, jws_is_valid};
 pub use running::ComponentError;
+pub use serve::{Ended, ServeOptions, serve};
 
 use components::Ports;
 use health::{Probe, Wait, wait_for};
