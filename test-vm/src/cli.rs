@@ -23,6 +23,57 @@ pub enum Command {
     Boot(BootConfig),
     /// Boot several nodes from one image, one seed each: sequentially or `--parallel N`.
     Fleet(FleetConfig),
+    /// Run a Kubernetes control plane on 127.0.0.1 (etcd, kube-apiserver,
+    /// kube-controller-manager as host processes, bootstrapped with kubeadm's phases) that
+    /// QEMU guests join at 10.0.2.2:PORT, until a signal.
+    #[cfg(feature = "join")]
+    ControlPlane(ControlPlaneArgs),
+}
+
+/// `test-vm control-plane`.
+#[cfg(feature = "join")]
+#[derive(Debug, Clone, Args)]
+pub struct ControlPlaneArgs {
+    /// The directory holding etcd, kube-apiserver, kube-controller-manager and kubeadm.
+    #[arg(long, value_name = "DIR")]
+    pub bin_dir: PathBuf,
+    /// The work directory (created; must be empty): PKI, kubeconfigs, etcd data, logs.
+    #[arg(long, value_name = "WORKDIR")]
+    pub dir: PathBuf,
+    /// The cluster's Kubernetes version [default: what `kubeadm version` reports].
+    #[arg(long, value_name = "VERSION")]
+    pub kubernetes_version: Option<String>,
+    /// Once ready, write what a user needs here as JSON (removed again at stop).
+    #[arg(long, value_name = "FILE")]
+    pub ready_file: Option<PathBuf>,
+    /// Print the ready file's JSON on stdout instead of the text summary.
+    #[arg(long)]
+    pub json: bool,
+    /// Also stop (exit 0) when stdin reaches its end.
+    #[arg(long)]
+    pub stop_on_stdin_eof: bool,
+    /// Limit for the start (`180`, `90s`, `5m`).
+    #[arg(long, value_name = "DURATION", default_value = "180", value_parser = parse_duration)]
+    pub start_timeout: Duration,
+}
+
+#[cfg(feature = "join")]
+impl ControlPlaneArgs {
+    pub fn config(&self, interrupt: &nodeforge::io::Interrupt) -> crate::cluster::ControlPlaneConfig {
+        let mut c = crate::cluster::ControlPlaneConfig::new(&self.bin_dir, &self.dir);
+        c.kubernetes_version = self.kubernetes_version.clone();
+        c.start_timeout = self.start_timeout;
+        c.interrupt = interrupt.clone();
+        c
+    }
+
+    pub fn serve_options(&self) -> crate::cluster::ServeOptions {
+        crate::cluster::ServeOptions {
+            ready_file: self.ready_file.clone(),
+            json: self.json,
+            stop_on_stdin_eof: self.stop_on_stdin_eof,
+        }
+    }
 }
 
 /// What every node of a run shares: the image, the VM's size, the limits, the join target.
@@ -254,7 +305,7 @@ mod tests {
         let argv = ["test-vm", "boot", "--kernel", "k", "--initrd", "i", "--seed", "s"].iter().chain(args);
         Cli::try_parse_from(argv).map(|c| match c.command {
             Command::Boot(b) => b,
-            Command::Fleet(_) => panic!("parsed as fleet"),
+            other => panic!("parsed as {other:?}"),
         })
     }
 
@@ -262,7 +313,7 @@ mod tests {
         let argv = ["test-vm", "fleet", "--kernel", "k", "--initrd", "i", "--disk", "d"].iter().chain(args);
         Cli::try_parse_from(argv).map(|c| match c.command {
             Command::Fleet(f) => f,
-            Command::Boot(_) => panic!("parsed as boot"),
+            other => panic!("parsed as {other:?}"),
         })
     }
 

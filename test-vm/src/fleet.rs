@@ -230,7 +230,7 @@ mod tests {
         let argv = ["test-vm", "fleet", "--kernel", "k", "--initrd", "i", "--disk", "d", "--out", "o"];
         match crate::cli::Cli::try_parse_from(argv.iter().chain(args)).unwrap().command {
             crate::cli::Command::Fleet(f) => f,
-            crate::cli::Command::Boot(_) => panic!("parsed as boot"),
+            other => panic!("parsed as {other:?}"),
         }
     }
 

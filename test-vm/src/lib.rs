@@ -7,9 +7,13 @@
 //! [`accel`] picked) → [`run`] (watching [`serial`] output and the agent's [`protocol`] lines,
 //! advancing [`stages`], then [`join`] through the API server when asked) → [`report`].
 //! [`fleet`] runs that path once per node of one image, in sequence or in parallel.
+//! `cluster` (feature `join`) runs a kubeadm-bootstrapped control plane on the host for
+//! guests to join; it and [`qemu`] start their children through [`supervise`].
 
 pub mod accel;
 pub mod cli;
+#[cfg(feature = "join")]
+pub mod cluster;
 pub mod expect;
 pub mod fleet;
 pub mod initrd;
@@ -21,3 +25,4 @@ pub mod run;
 pub mod seed;
 pub mod serial;
 pub mod stages;
+pub mod supervise;

@@ -2,7 +2,8 @@
 //!
 //! Exit codes: 0 every stage (of every node) passed; 1 a stage failed; 2 usage error; 3 the
 //! run could not be set up (missing file, QEMU not startable); 130 interrupted by a signal.
-//! A fleet exits 1 when any node failed or could not be set up.
+//! A fleet exits 1 when any node failed or could not be set up. `control-plane`: see
+//! [`control_plane`].
 
 use std::process::ExitCode;
 
@@ -47,6 +48,8 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         }
+        #[cfg(feature = "join")]
+        Command::ControlPlane(args) => control_plane(&args, &interrupt),
         Command::Fleet(cfg) => match fleet::run(&cfg, &interrupt) {
             Ok(f) if f.interrupted => ExitCode::from(130),
             Ok(f) if f.passed => ExitCode::SUCCESS,
@@ -56,5 +59,28 @@ fn main() -> ExitCode {
                 ExitCode::from(3)
             }
         },
+    }
+}
+
+/// `control-plane`: 0 stopped because stdin ended, 130 stopped by a signal (also during the
+/// start), 1 a component exited on its own, 3 the start failed.
+#[cfg(feature = "join")]
+fn control_plane(args: &test_vm::cli::ControlPlaneArgs, interrupt: &Interrupt) -> ExitCode {
+    use test_vm::cluster::{Ended, serve};
+    match serve(&args.config(interrupt), &args.serve_options()) {
+        Ok(Ended::StdinEof) => ExitCode::SUCCESS,
+        Ok(Ended::Signal) => ExitCode::from(130),
+        Ok(Ended::ComponentExited(msg)) => {
+            eprintln!("test-vm: {msg}");
+            ExitCode::from(1)
+        }
+        Err(e) if e.is::<nodeforge::io::Interrupted>() => {
+            eprintln!("test-vm: interrupted while starting; everything started was stopped");
+            ExitCode::from(130)
+        }
+        Err(e) => {
+            eprintln!("test-vm: error: {e:#}");
+            ExitCode::from(3)
+        }
     }
 }

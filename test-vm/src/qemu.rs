@@ -13,17 +13,20 @@
 //!   a QEMU; nothing short of pre_exec closes that window.
 //! * QEMU runs in its own process group, so a terminal's Ctrl-C reaches only the harness,
 //!   which then stops QEMU in order instead of racing it.
+//!
+//! The command line that does this is [`crate::supervise::command`], shared with the control
+//! plane's components.
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus};
 
 use anyhow::{Context, Result};
 
 use crate::accel::Accel;
 use crate::protocol::AGENT_PORT;
+use crate::supervise;
 
 /// A VM to boot: what `qemu-system-x86_64` is given.
 #[derive(Debug, Clone)]
@@ -82,19 +85,8 @@ fn drive(id: &str, path: &Path, format: &str, extra: &str) -> String {
     format!("if=none,id={id},file={},format={format},{extra}", escape(path))
 }
 
-/// The command line as one shell-quoted string, for reports and for pasting into a shell.
-pub fn shell_line(program: &OsStr, args: &[OsString]) -> String {
-    std::iter::once(program).chain(args.iter().map(OsString::as_os_str)).map(shell_quote).collect::<Vec<_>>().join(" ")
-}
-
-fn shell_quote(s: &OsStr) -> String {
-    let s = s.to_string_lossy();
-    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=,:@+%".contains(c)) {
-        s.into_owned()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
-    }
-}
+/// Reports print QEMU's command line through this (it lives with the other child-process code).
+pub use crate::supervise::shell_line;
 
 /// A running QEMU, killed and reaped when dropped.
 #[derive(Debug)]
@@ -107,20 +99,13 @@ impl Qemu {
     /// Start `program args` under `setpriv --pdeathsig KILL`, stdin from /dev/null, stdout
     /// and stderr into `stderr_log` (QEMU's own complaints: a failed accelerator, a bad option).
     pub fn spawn(program: &OsStr, args: &[OsString], stderr_log: &Path) -> Result<Self> {
-        let log = File::create(stderr_log).with_context(|| format!("creating {}", stderr_log.display()))?;
-        let log2 = log.try_clone().with_context(|| format!("opening {}", stderr_log.display()))?;
-        let child = Command::new("setpriv")
-            .args(["--pdeathsig", "KILL", "--"])
-            .arg(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .process_group(0)
-            .spawn()
-            .with_context(|| {
-                format!("starting {} through setpriv (util-linux) failed", Path::new(program).display())
-            })?;
+        File::create(stderr_log).with_context(|| format!("creating {}", stderr_log.display()))?;
+        let mut cmd = supervise::command(program);
+        cmd.args(args);
+        supervise::log_to(&mut cmd, stderr_log)?;
+        let child = cmd.spawn().with_context(|| {
+            format!("starting {} through setpriv (util-linux) failed", Path::new(program).display())
+        })?;
         Ok(Self { child, exited: None })
     }
 
