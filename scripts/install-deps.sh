@@ -17,7 +17,10 @@
 #   util-linux            setpriv --pdeathsig: QEMU dies with a SIGKILLed test-vm
 #   debootstrap           fixtures/base/build-base.sh builds the test-node base root tree
 #   e2fsprogs             `nodeforge image` (mkfs.ext4 -d, debugfs); e2fsck checks the disk
-#   binutils              strip: the stand-in packs a stripped crictl stand-in, as upstream ships
+#   gcc, pkg-config, libseccomp-dev (amd64, arm64), gcc-aarch64-linux-gnu
+#                         fixtures/upstream/build-upstream.sh builds runc with cgo and a static
+#                         libseccomp, natively and cross for arm64; the rest of the upstream
+#                         programs are pure Go (Go 1.26 comes with the build machines)
 set -euo pipefail
 
 need=()
@@ -40,7 +43,9 @@ want python3 python3
 want gzip gzip
 want sha256sum coreutils
 want cc gcc
-want strip binutils
+want pkg-config pkg-config
+want aarch64-linux-gnu-gcc gcc-aarch64-linux-gnu
+[ -f /usr/lib/x86_64-linux-gnu/libseccomp.a ] || need+=(libseccomp-dev)
 want qemu-system-x86_64 qemu-system-x86
 want qemu-img qemu-utils
 want setpriv util-linux
@@ -48,9 +53,9 @@ want debootstrap debootstrap
 want mkfs.ext4 e2fsprogs
 want debugfs e2fsprogs
 
-# The build-only arm64 stand-in (fixtures/standin/build-components.sh) `apt-get download`s
-# Debian's arm64 containerd, runc and CNI plugins: apt must know the architecture. Adding it
-# is idempotent and installs nothing; it costs one `apt-get update` (~3 s here) the first time.
+# The build-only arm64 node programs (fixtures/upstream/build-upstream.sh) link runc against
+# Debian's arm64 libseccomp: apt must know the architecture. Adding it is idempotent and
+# installs nothing; it costs one `apt-get update` (~3 s here) the first time.
 refresh=
 if ! dpkg --print-foreign-architectures | grep -qx arm64; then
   echo "install-deps: adding the arm64 architecture for the arm64 stand-in" >&2
@@ -71,6 +76,8 @@ if [ -n "$refresh" ]; then
   apt-get update -qq
 fi
 
+[ -f /usr/lib/aarch64-linux-gnu/libseccomp.a ] || need+=(libseccomp-dev:arm64)
+
 if ((${#need[@]})); then
   mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
   echo "install-deps: installing ${need[*]}" >&2
@@ -82,6 +89,12 @@ fi
 if ! python3 -c 'import jsonschema' 2>/dev/null && [ -x /usr/bin/python3 ] && ! /usr/bin/python3 -c 'import jsonschema' 2>/dev/null; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get install -y -qq --no-install-recommends python3-jsonschema >/dev/null
+fi
+
+if ! command -v go >/dev/null 2>&1; then
+  echo "install-deps: go not found: the fixtures build Kubernetes, etcd, containerd, runc, the CNI" >&2
+  echo "install-deps: plugins and crictl from their Go modules and need Go >= 1.25 on PATH" >&2
+  exit 1
 fi
 
 # A stopped package manager leaves no running daemons behind: Debian's containerd package may

@@ -13,9 +13,11 @@
 //! pin those). Tools come from Debian packages `containerd` and `systemd`; `make test`
 //! installs them.
 //!
-//! Config schema v3 (containerd 2.x) cannot go through a real daemon here: Debian's 1.6.20
-//! would load it and silently ignore every v3 section. Those profiles are checked against the
-//! documented 2.x default key tree instead (`v3_configs_match_the_documented_layout`).
+//! Config schema v3 (containerd 2.x) goes through a real containerd 2.2 instead: the one
+//! fixtures/upstream/build-upstream.sh builds from its Go module (Debian's 1.6.20 would load a
+//! v3 file and silently ignore every v3 section). `config dump` and a daemon whose three CRI
+//! plugins must load, as for schema 2. Lines with no binary here (2.0, 2.1) are checked
+//! against the documented default key tree instead (`v3_configs_match_the_documented_layout`).
 #![allow(clippy::unwrap_used)] // a panic is the failure report in a test
 
 mod common;
@@ -27,6 +29,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::containerd::{is_root, run, start_containerd, tool};
+use common::standin::standin;
 use nodeforge::profile::{ConfigVersion, LoadedProfile, Profile};
 use nodeforge::render::{self, Rendered};
 
@@ -88,15 +91,46 @@ impl Node {
     fn config(&self) -> PathBuf {
         self.root.path().join("etc/containerd/config.toml")
     }
+
+    /// The real containerd and ctr that judge this node's config: Debian's 1.6 for schema 2,
+    /// the Go-built 2.2 for schema 3 of the 2.2 line; `None` for a v3 line with no binary here.
+    fn judge(&self) -> Option<(PathBuf, PathBuf)> {
+        match self.schema {
+            ConfigVersion::V3 if self.version.minor_line() == UPSTREAM_LINE => {
+                let bin = &standin().bin;
+                Some((bin.join("containerd"), bin.join("ctr")))
+            }
+            ConfigVersion::V3 => None,
+            _ => Some((tool("containerd", "containerd"), tool("ctr", "containerd"))),
+        }
+    }
+
+    /// `(type, id)` of the CRI plugins `ctr plugins ls` must show `ok`.
+    fn cri_plugins(&self) -> &'static [(&'static str, &'static str)] {
+        match self.schema {
+            ConfigVersion::V3 => &[
+                ("io.containerd.cri.v1", "images"),
+                ("io.containerd.cri.v1", "runtime"),
+                ("io.containerd.grpc.v1", "cri"),
+            ],
+            _ => &[("io.containerd.grpc.v1", "cri")],
+        }
+    }
 }
+
+/// The containerd line fixtures/upstream builds (versions.env: CONTAINERD_VERSION).
+const UPSTREAM_LINE: (u64, u64) = (2, 2);
 
 #[test]
 fn containerd_config_dump_reads_every_profile() {
-    let containerd = tool("containerd", "containerd");
+    let mut v3 = 0;
     for path in profiles() {
         let node = render_node(&path);
+        let Some((containerd, _)) = node.judge() else { continue };
         if node.schema == ConfigVersion::V3 {
-            continue; // see the module comment
+            check_v3_dump(&node, &containerd);
+            v3 += 1;
+            continue;
         }
         let out = run(
             Command::new(&containerd).arg("-c").arg(node.config()).args(["config", "dump"]),
@@ -114,18 +148,39 @@ fn containerd_config_dump_reads_every_profile() {
         assert_eq!(cri["registry"]["config_path"].as_str(), Some(want_path), "{}", node.name);
         assert_eq!(dump["required_plugins"][0].as_str(), Some("io.containerd.grpc.v1.cri"), "{}", node.name);
     }
+    assert!(v3 >= 2, "the shipped schema-3 profiles of the 2.2 line went through containerd 2.x config dump");
+}
+
+/// containerd 2.x's dump of a schema-3 file: the same facts, where 2.x keeps them.
+fn check_v3_dump(node: &Node, containerd: &Path) {
+    let out =
+        run(Command::new(containerd).arg("-c").arg(node.config()).args(["config", "dump"]), Duration::from_secs(10));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}: containerd 2.x config dump failed: {stderr}", node.name);
+    assert!(!stderr.contains("Ignoring unknown key"), "{}: containerd 2.x ignored keys: {stderr}", node.name);
+    let dump: toml::Table = toml::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    assert_eq!(dump["version"].as_integer(), Some(3), "{}", node.name);
+    let images = &dump["plugins"]["io.containerd.cri.v1.images"];
+    assert_eq!(images["pinned_images"]["sandbox"].as_str(), Some(node.sandbox.as_str()), "{}", node.name);
+    assert_eq!(images["registry"]["config_path"].as_str(), Some("/etc/containerd/certs.d"), "{}", node.name);
+    let runc = &dump["plugins"]["io.containerd.cri.v1.runtime"]["containerd"]["runtimes"]["runc"];
+    assert_eq!(runc["runtime_type"].as_str(), Some("io.containerd.runc.v2"), "{}", node.name);
+    assert_eq!(runc["options"]["SystemdCgroup"].as_bool(), Some(node.systemd_cgroup), "{}", node.name);
+    let required: Vec<&str> =
+        dump["required_plugins"].as_array().unwrap().iter().filter_map(toml::Value::as_str).collect();
+    for id in ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime"] {
+        assert!(required.contains(&id), "{}: {id} not required: {required:?}", node.name);
+    }
 }
 
 #[test]
 fn real_containerd_loads_cri_with_every_profile() {
-    let containerd = tool("containerd", "containerd");
-    let ctr = tool("ctr", "containerd");
     assert!(is_root(), "starting a real containerd needs root (its snapshotters mount); run the tests as root");
+    let mut v3 = 0;
     for path in profiles() {
         let node = render_node(&path);
-        if node.schema == ConfigVersion::V3 {
-            continue; // see the module comment
-        }
+        let Some((containerd, ctr)) = node.judge() else { continue };
+        v3 += usize::from(node.schema == ConfigVersion::V3);
         let dir = tempfile::tempdir().unwrap();
         let (mut daemon, socket) = start_containerd(&containerd, &node.config(), dir.path());
         let start = Instant::now();
@@ -140,15 +195,18 @@ fn real_containerd_loads_cri_with_every_profile() {
             run(Command::new(&ctr).arg("--address").arg(&socket).args(["plugins", "ls"]), Duration::from_secs(10));
         let table = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{}: ctr plugins ls: {}", node.name, String::from_utf8_lossy(&out.stderr));
-        let cri: Vec<&str> = table
-            .lines()
-            .find(|l| l.split_whitespace().take(2).eq(["io.containerd.grpc.v1", "cri"]))
-            .unwrap_or_else(|| panic!("{}: no CRI plugin listed:\n{table}", node.name))
-            .split_whitespace()
-            .collect();
-        assert_eq!(cri.last(), Some(&"ok"), "{}: CRI plugin not ok:\n{table}", node.name);
+        for (kind, id) in node.cri_plugins() {
+            let row: Vec<&str> = table
+                .lines()
+                .find(|l| l.split_whitespace().take(2).eq([*kind, *id]))
+                .unwrap_or_else(|| panic!("{}: no {kind} {id} plugin listed:\n{table}", node.name))
+                .split_whitespace()
+                .collect();
+            assert_eq!(row.last(), Some(&"ok"), "{}: {kind} {id} not ok:\n{table}", node.name);
+        }
         drop(daemon);
     }
+    assert!(v3 >= 2, "the shipped schema-3 profiles of the 2.2 line went through containerd 2.x");
 }
 
 #[test]
@@ -176,6 +234,37 @@ fn broken_cri_section_stops_containerd() {
     assert!(!status.success());
     let log = fs::read_to_string(dir.path().join("containerd.log")).unwrap();
     assert!(log.contains("cannot be set when `config_path` is provided"), "{log}");
+}
+
+/// The same negative control for schema 3 on containerd 2.x: the deprecated mirrors next to
+/// the rendered config_path make the images plugin fail, and required_plugins stops the
+/// daemon.
+#[test]
+fn broken_cri_section_stops_containerd_2() {
+    assert!(is_root(), "starting a real containerd needs root; run the tests as root");
+    let path = profiles().into_iter().find(|p| p.ends_with("standin-components.toml")).unwrap();
+    let node = render_node(&path);
+    assert_eq!(node.schema, ConfigVersion::V3);
+    let (containerd, _) = node.judge().unwrap();
+    let mut text = fs::read_to_string(node.config()).unwrap();
+    text.push_str(
+        "\n[plugins.'io.containerd.cri.v1.images'.registry.mirrors.'docker.io']\n  endpoint = ['https://m.example']\n",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.toml");
+    fs::write(&broken, text).unwrap();
+    let (mut daemon, _) = start_containerd(&containerd, &broken, dir.path());
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = daemon.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "containerd 2.x kept running without CRI");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!status.success());
+    let log = fs::read_to_string(dir.path().join("containerd.log")).unwrap();
+    assert!(log.contains("config_path"), "{log}");
 }
 
 /// The documented default key tree of a containerd 2.x line (tests/fixtures/containerd-v3/).
@@ -223,7 +312,8 @@ fn layout_mismatches(rendered: &toml::Table, layout: &toml::Table, path: &str, o
     }
 }
 
-/// NOT the real daemon (none of the 2.x line is installable here): every key a schema-v3
+/// The fallback for 2.x lines with no binary here (2.0, 2.1; 2.2 also goes through the real
+/// containerd 2.2 above): every key a schema-v3
 /// config.toml sets, for each shipped v3 profile and for one synthetic profile per 2.x line,
 /// must exist with the same TOML type in the default configuration containerd documents for
 /// that line, encoded in tests/fixtures/containerd-v3/. A misspelled key, a v2 section name, a

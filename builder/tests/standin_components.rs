@@ -1,9 +1,10 @@
 //! The per-component releases end to end: containerd's own archive, runc, the CNI plugins
-//! and crictl, each as its project publishes it (the offline stand-ins of
-//! fixtures/standin/build-components.sh, served over real HTTP on 127.0.0.1 and reached
-//! through `--mirror`), fetched with `nodeforge fetch` and assembled by `nodeforge build`.
-//! The overlay must carry every component where the bundle puts it, executable, and the
-//! packed crictl must reach a real containerd (the overlay's own, Debian's) through the
+//! and crictl, each as its project publishes it (the real programs, built from their Go
+//! modules by fixtures/upstream/build-upstream.sh, served over real HTTP on 127.0.0.1 and
+//! reached through `--mirror`), plus kubelet, kubeadm and kubectl as on dl.k8s.io, fetched
+//! with `nodeforge fetch` and assembled by `nodeforge build`. The overlay must carry every
+//! component where the bundle puts it, executable, and the packed crictl must reach the
+//! overlay's own containerd 2.x, started on the overlay's schema-3 config.toml, through the
 //! crictl.yaml nodeforge rendered. arm64 is built (not run): its binaries must be arm64.
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
@@ -24,14 +25,16 @@ use common::{nodeforge, s, text};
 /// The four archives' paths on the mirror, as on GitHub.
 fn component_paths(arch: &str) -> Vec<String> {
     let st = standin();
-    let (v, r, c, k) = (&st.version, &st.runc_version, &st.cni_version, &st.crictl_version);
+    let (v, r, c, k) = (&st.containerd_version, &st.runc_version, &st.cni_version, &st.crictl_version);
+    let kube = &st.kubernetes_version;
     let mut paths = vec![
         format!("/containerd/containerd/releases/download/v{v}/containerd-{v}-linux-{arch}.tar.gz"),
         format!("/opencontainers/runc/releases/download/v{r}/runc.{arch}"),
         format!("/containernetworking/plugins/releases/download/v{c}/cni-plugins-linux-{arch}-v{c}.tgz"),
+        format!("/kubernetes-sigs/cri-tools/releases/download/v{k}/crictl-v{k}-linux-{arch}.tar.gz"),
     ];
-    if arch == "amd64" {
-        paths.push(format!("/kubernetes-sigs/cri-tools/releases/download/v{k}/crictl-v{k}-linux-{arch}.tar.gz"));
+    for bin in ["kubelet", "kubeadm", "kubectl"] {
+        paths.push(format!("/release/v{kube}/bin/linux/{arch}/{bin}"));
     }
     paths
 }
@@ -103,6 +106,9 @@ fn per_component_standin_builds_a_complete_overlay_whose_crictl_reaches_containe
         "opt/cni/bin/loopback",
         "opt/cni/bin/portmap",
         "usr/local/bin/crictl",
+        "usr/bin/kubelet",
+        "usr/bin/kubeadm",
+        "usr/bin/kubectl",
     ] {
         assert_eq!(files.get(want), Some(&0o755), "{want} missing from the overlay or not 0755");
     }
@@ -117,7 +123,10 @@ fn per_component_standin_builds_a_complete_overlay_whose_crictl_reaches_containe
     let rv = run(Command::new(node.join("usr/local/sbin/runc")).arg("--version"), Duration::from_secs(10));
     assert!(String::from_utf8_lossy(&rv.stdout).contains(&st.runc_version), "{}", text(&rv));
 
-    // The overlay's containerd (Debian's build) on the overlay's config, in a temp root.
+    let kv = run(Command::new(node.join("usr/bin/kubelet")).arg("--version"), Duration::from_secs(10));
+    assert_eq!(String::from_utf8_lossy(&kv.stdout).trim(), format!("Kubernetes v{}", st.kubernetes_version));
+
+    // The overlay's containerd 2.x on the overlay's schema-3 config, in a temp root.
     assert!(is_root(), "starting a real containerd needs root (its snapshotters mount); run the tests as root");
     let daemon_dir = tmp.path().join("daemon");
     fs::create_dir(&daemon_dir).unwrap();
@@ -144,10 +153,10 @@ fn per_component_standin_builds_a_complete_overlay_whose_crictl_reaches_containe
         let rv = lines[2].strip_prefix("RuntimeVersion:  ").unwrap_or_else(|| panic!("{out}"));
         let rv = rv.trim_start_matches('v');
         assert!(
-            rv.strip_prefix(st.version.as_str())
+            rv.strip_prefix(st.containerd_version.as_str())
                 .is_some_and(|rest| rest.is_empty() || rest.starts_with(['~', '+', '-'])),
             "RuntimeVersion {rv} is not containerd {}",
-            st.version
+            st.containerd_version
         );
         assert_eq!(lines[3], "RuntimeApiVersion:  v1");
     };
@@ -193,13 +202,21 @@ fn arm64_per_component_standin_builds_with_arm64_binaries() {
     let tmp = tempfile::tempdir().unwrap();
     let out = fetch_and_build(&server, &st.arm64_profile, "arm64", tmp.path());
     let files = overlay_files(&out.join("overlay.tar.gz"));
-    for want in ["usr/local/bin/containerd", "usr/local/sbin/runc", "opt/cni/bin/bridge"] {
+    let arm64_bins = [
+        "usr/local/bin/containerd",
+        "usr/local/bin/containerd-shim-runc-v2",
+        "usr/local/sbin/runc",
+        "opt/cni/bin/bridge",
+        "usr/local/bin/crictl",
+        "usr/bin/kubelet",
+        "usr/bin/kubeadm",
+    ];
+    for want in arm64_bins {
         assert_eq!(files.get(want), Some(&0o755), "{want} missing from the arm64 overlay or not 0755");
     }
-    assert!(!files.contains_key("usr/local/bin/crictl"), "the arm64 profile pins no crictl");
     let node = tmp.path().join("node");
     extract(&out.join("overlay.tar.gz"), &node);
-    for bin in ["usr/local/bin/containerd", "usr/local/sbin/runc", "opt/cni/bin/bridge"] {
+    for bin in arm64_bins {
         assert_eq!(elf_machine(&node.join(bin)), 183, "{bin} is not an AArch64 binary");
     }
 }

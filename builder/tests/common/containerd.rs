@@ -55,13 +55,19 @@ pub fn is_root() -> bool {
 /// Start containerd on `config` with its root, state, socket and `opt` directory moved into
 /// `dir`. A wrapper config `imports` the rendered one unchanged: imports replace whole
 /// plugin sections, and the rendered file never sets the `opt` plugin, so nothing of ours
-/// is overridden.
+/// is overridden. The wrapper has the rendered file's schema version (2 for containerd 1.x,
+/// 3 for 2.x), so containerd 2.x migrates neither.
 pub fn start_containerd(containerd: &Path, config: &Path, dir: &Path) -> (KillOnDrop, PathBuf) {
     let wrapper = dir.join("wrapper.toml");
+    let rendered = fs::read_to_string(config).unwrap();
+    let version = rendered
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("version = "))
+        .unwrap_or_else(|| panic!("{} has no version line", config.display()));
     fs::write(
         &wrapper,
         format!(
-            "version = 2\nimports = [{:?}]\n[plugins.\"io.containerd.internal.v1.opt\"]\n  path = {:?}\n",
+            "version = {version}\nimports = [{:?}]\n[plugins.\"io.containerd.internal.v1.opt\"]\n  path = {:?}\n",
             config.display().to_string(),
             dir.join("opt").display().to_string()
         ),
