@@ -214,6 +214,11 @@ pub struct SeedConfig {
     #[arg(long = "taint", value_name = "KEY[=VALUE]:EFFECT", requires = "join_endpoint",
           value_parser = crate::seed::join::parse_taint)]
     pub taints: Vec<crate::seed::join::Taint>,
+    /// How long `kubeadm join` keeps trying to reach the API server and find a `cluster-info`
+    /// signed for the token before it fails (kubeadm's default: 5m). A Go duration, 1s to 1h.
+    #[arg(long, value_name = "DURATION", requires = "join_endpoint",
+          value_parser = crate::seed::join::parse_discovery_timeout)]
+    pub join_discovery_timeout: Option<String>,
     /// An SSH public key for the default user, added to the profile's (repeatable).
     #[arg(long = "ssh-authorized-key", value_name = "KEY", value_parser = crate::ident::parse_ssh_key)]
     pub ssh_authorized_keys: Vec<String>,

@@ -95,6 +95,7 @@ pub fn seed(c: &SeedConfig) -> Result<SeedReport> {
                 ca_cert_hashes: c.ca_cert_hash.clone(),
                 labels: c.labels.clone(),
                 taints: c.taints.clone(),
+                discovery_timeout: c.join_discovery_timeout.clone(),
             };
             Some((api, j))
         }

@@ -21,6 +21,8 @@ use crate::version::Version;
 
 /// Where the JoinConfiguration lands on the node; removed after `kubeadm join` ran.
 pub const JOIN_CONFIG_PATH: &str = "/etc/kubernetes/nodeforge/join.yaml";
+/// Where the join's runcmd line keeps kubeadm's output.
+pub const JOIN_LOG_PATH: &str = "/var/log/nodeforge/kubeadm-join.log";
 /// The CRI socket kubeadm is told about: the one every rendered file names.
 pub use crate::render::CONTAINERD_SOCKET as CRI_SOCKET;
 /// The directory kubeadm reads kubelet-configuration patches from; nodeforge renders them.
@@ -79,6 +81,38 @@ pub fn read_token(path: &Path) -> Result<Secret> {
         );
     }
     Ok(Secret(token.to_owned()))
+}
+
+/// `--join-discovery-timeout`: how long `kubeadm join` keeps asking the API server for a
+/// `cluster-info` it can trust before it gives up (kubeadm's default is 5m). Whole seconds,
+/// minutes or hours in Go's duration syntax (`45s`, `2m`, `1m30s`), from 1 s to 1 h.
+pub fn parse_discovery_timeout(s: &str) -> Result<String, String> {
+    let err = || Err(format!("`{s}` is not a duration from 1s to 1h such as 45s, 2m or 1m30s"));
+    let mut seconds = 0u64;
+    let mut rest = s;
+    if rest.is_empty() {
+        return err();
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        if digits == 0 || digits > 5 {
+            return err();
+        }
+        let Ok(n) = rest[..digits].parse::<u64>() else { return err() };
+        let (unit, tail) =
+            rest[digits..].split_at(rest[digits..].find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len() - digits));
+        seconds += n * match unit {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            _ => return err(),
+        };
+        rest = tail;
+    }
+    if !(1..=3600).contains(&seconds) {
+        return err();
+    }
+    Ok(s.to_owned())
 }
 
 /// `sha256:` and 64 hex digits: the pin `kubeadm token create --print-join-command` prints.
@@ -272,6 +306,8 @@ pub struct Join {
     pub ca_cert_hashes: Vec<String>,
     pub labels: Vec<Label>,
     pub taints: Vec<Taint>,
+    /// kubeadm's discovery timeout (a Go duration); `None` keeps kubeadm's 5m.
+    pub discovery_timeout: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -282,6 +318,14 @@ struct JoinConfiguration<'a> {
     node_registration: NodeRegistration<'a>,
     discovery: Discovery<'a>,
     patches: Patches,
+    /// v1beta4 moved the discovery timeout here (`timeouts.discovery`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timeouts: Option<Timeouts<'a>>,
+}
+
+#[derive(Serialize)]
+struct Timeouts<'a> {
+    discovery: &'a str,
 }
 
 #[derive(Serialize)]
@@ -323,6 +367,9 @@ struct Arg {
 #[serde(rename_all = "camelCase")]
 struct Discovery<'a> {
     bootstrap_token: BootstrapTokenDiscovery<'a>,
+    /// v1beta3's place for the discovery timeout.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timeout: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -352,6 +399,7 @@ impl Join {
                 KubeletExtraArgs::List(args.into_iter().map(|(name, value)| Arg { name, value }).collect())
             }
         };
+        let timeout = self.discovery_timeout.as_deref();
         let doc = JoinConfiguration {
             api_version: api.api_version(),
             kind: "JoinConfiguration",
@@ -367,8 +415,10 @@ impl Join {
                     token: &self.token,
                     ca_cert_hashes: &self.ca_cert_hashes,
                 },
+                timeout: timeout.filter(|_| api == KubeadmApi::V1beta3),
             },
             patches: Patches { directory: PATCHES_DIR },
+            timeouts: timeout.filter(|_| api == KubeadmApi::V1beta4).map(|discovery| Timeouts { discovery }),
         };
         // The error cannot quote the token: serde-saphyr reports only what failed to serialise.
         serde_saphyr::to_string(&doc).context("serialising the JoinConfiguration")
@@ -377,10 +427,13 @@ impl Join {
     /// The runcmd line: join, then remove the configuration (and with it the token) whether
     /// or not the join worked; a bootstrap token is short-lived, and a retry needs a new seed
     /// (a new instance-id) anyway. Exits with kubeadm's status so cloud-init reports a failure.
+    /// kubeadm's output (which never carries the token) also goes to [`JOIN_LOG_PATH`], where
+    /// an operator, or a test harness, finds kubeadm's own words about a failed join.
     pub fn command() -> String {
+        let log_dir = JOIN_LOG_PATH.rsplit_once('/').map_or("/var/log", |(d, _)| d);
         format!(
-            "mkdir -p {PATCHES_DIR}; rc=0; kubeadm join --config {JOIN_CONFIG_PATH} || rc=$?; \
-             rm -f {JOIN_CONFIG_PATH}; exit $rc"
+            "mkdir -p {PATCHES_DIR} {log_dir}; rc=0; kubeadm join --config {JOIN_CONFIG_PATH} >{JOIN_LOG_PATH} 2>&1 \
+             || rc=$?; cat {JOIN_LOG_PATH}; rm -f {JOIN_CONFIG_PATH}; exit $rc"
         )
     }
 }
