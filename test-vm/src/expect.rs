@@ -45,6 +45,7 @@ pub fn expectations(profile: &Profile) -> Expectations {
         cri_api: compat::containerd_cri_api(containerd).as_str().to_owned(),
         containerd_version: containerd.to_string(),
         stage_timeouts_s: default_stage_timeouts(),
+        join_log: Some(nodeforge::seed::join::JOIN_LOG_PATH.to_owned()),
     }
 }
 

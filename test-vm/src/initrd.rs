@@ -11,7 +11,9 @@
 //! /nodeforge/agent                                                  0755  the agent binary
 //! /nodeforge/expect.json                                            0644  Expectations
 //! /nodeforge/units/nodeforge-agent.service                          0644
-//! /nodeforge/units/kubelet.service                                  0644  stand-in, never starts
+//! /nodeforge/units/kubelet.service                                  0644  stand-in, never starts;
+//!                                                                         only for a node without
+//!                                                                         its own kubelet unit
 //! /nodeforge/units/multi-user.target.wants/nodeforge-agent.service  -> ../nodeforge-agent.service
 //! ```
 
@@ -65,9 +67,16 @@ RestartSec=10
 WantedBy=multi-user.target
 ";
 
+/// Whether the node brings its own kubelet: a profile with a kubelet binary renders
+/// kubelet.service, which a unit in /run/systemd/system would shadow.
+pub fn node_has_kubelet(profile: &nodeforge::profile::Profile) -> bool {
+    profile.kubernetes.binaries.as_ref().is_some_and(|b| b.kubelet.is_some())
+}
+
 /// The archive's entries as a nodeforge overlay, so it is written by the same deterministic
-/// cpio writer as the node overlay itself.
-pub fn agent_overlay(agent: &Path, expect: &Expectations) -> Result<Overlay> {
+/// cpio writer as the node overlay itself. `stub_kubelet` adds the stand-in kubelet unit, for
+/// nodes that have no kubelet of their own.
+pub fn agent_overlay(agent: &Path, expect: &Expectations, stub_kubelet: bool) -> Result<Overlay> {
     let file =
         File::open(agent).with_context(|| format!("the agent binary {} (pass --agent PATH)", agent.display()))?;
     let mut hashing = HashingReader::new(file);
@@ -82,7 +91,9 @@ pub fn agent_overlay(agent: &Path, expect: &Expectations) -> Result<Overlay> {
     o.add_file("nodeforge/expect.json", 0o644, Content::Inline(json), origin("expect"))?;
     let unit = |text: &str| Content::Inline(text.as_bytes().to_vec());
     o.add_file("nodeforge/units/nodeforge-agent.service", 0o644, unit(AGENT_UNIT), origin("unit"))?;
-    o.add_file("nodeforge/units/kubelet.service", 0o644, unit(KUBELET_STUB_UNIT), origin("unit"))?;
+    if stub_kubelet {
+        o.add_file("nodeforge/units/kubelet.service", 0o644, unit(KUBELET_STUB_UNIT), origin("unit"))?;
+    }
     o.add_symlink(
         "nodeforge/units/multi-user.target.wants/nodeforge-agent.service",
         "../nodeforge-agent.service",
@@ -132,7 +143,9 @@ mod tests {
             stage_timeouts_s: default_stage_timeouts(),
             ..expectations(&nodeforge::profile::Profile::parse(PROFILE).unwrap())
         };
-        let o = agent_overlay(&agent, &e).unwrap();
+        let without = agent_overlay(&agent, &e, false).unwrap();
+        assert!(without.iter().all(|(p, _)| !p.absolute().ends_with("kubelet.service")));
+        let o = agent_overlay(&agent, &e, true).unwrap();
         let paths: Vec<String> = o.iter().map(|(p, _)| p.absolute()).collect();
         assert_eq!(
             paths,

@@ -63,6 +63,9 @@ pub struct Expectations {
     pub containerd_version: String,
     /// The agent's own per-stage limits; the harness allows a little more (see `run`).
     pub stage_timeouts_s: BTreeMap<String, u64>,
+    /// Where the seed's `kubeadm join` writes its output: a failed cloud-init quotes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join_log: Option<String>,
 }
 
 #[cfg(test)]
@@ -88,12 +91,14 @@ mod tests {
             cri_api: "v1alpha2".into(),
             containerd_version: "1.5.18".into(),
             stage_timeouts_s: crate::expect::default_stage_timeouts(),
+            join_log: Some("/var/log/nodeforge/kubeadm-join.log".into()),
         };
         let parsed: nodeforge_agent::Expect = serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
         assert_eq!(parsed.cgroup_driver, nodeforge_agent::CgroupDriver::Cgroupfs);
         assert_eq!(parsed.cri_api, nodeforge_agent::CriApi::V1alpha2);
         assert_eq!(parsed.stage_timeouts_s.pod, e.stage_timeouts_s["pod"]);
         assert_eq!(parsed.stage_timeouts_s.cloud_init, e.stage_timeouts_s["cloud-init"]);
+        assert_eq!(parsed.join_log.as_deref(), Some(std::path::Path::new("/var/log/nodeforge/kubeadm-join.log")));
     }
 
     #[test]

@@ -22,6 +22,7 @@ use crate::report::{AccelAttempt, Failure, Report, extract_results};
 use crate::seed;
 use crate::serial::{self, Signal, Tail};
 use crate::stages::{Tracker, Verdict};
+use nodeforge::profile::Profile;
 
 /// How often the output files are polled when nothing new arrived.
 pub const POLL: Duration = Duration::from_millis(25);
@@ -78,7 +79,8 @@ pub fn boot(cfg: &BootConfig, interrupt: &Interrupt) -> Result<Outcome> {
     let work = workdir.path().to_owned();
 
     let manifest = cfg.vm.manifest_path()?;
-    let mut expect = expectations(&profile_from_manifest(&manifest)?);
+    let profile = profile_from_manifest(&manifest)?;
+    let mut expect = expectations(&profile);
     let mut kernel_timeout = KERNEL_TIMEOUT_S;
     for o in &cfg.vm.stage_timeouts {
         if o.stage == KERNEL_STAGE {
@@ -89,7 +91,7 @@ pub fn boot(cfg: &BootConfig, interrupt: &Interrupt) -> Result<Outcome> {
             anyhow::bail!("--stage-timeout: unknown stage `{}` (kernel, {})", o.stage, AGENT_STAGES.join(", "));
         }
     }
-    let join = join_spec(cfg, &expect.containerd_version)?;
+    let join = join_spec(cfg, &expect.containerd_version, &profile)?;
     let mut stage_list = vec![(KERNEL_STAGE.to_owned(), Duration::from_secs(kernel_timeout))];
     for s in AGENT_STAGES {
         let agent_limit = expect.stage_timeouts_s.get(s).copied().unwrap_or(120);
@@ -102,7 +104,10 @@ pub fn boot(cfg: &BootConfig, interrupt: &Interrupt) -> Result<Outcome> {
 
     // The run's initrd: what was built, then the agent archive.
     let agent_cpio = work.join("agent.cpio.gz");
-    initrd::write_cpio_gz(&initrd::agent_overlay(&cfg.vm.agent_path()?, &expect)?, &agent_cpio)?;
+    initrd::write_cpio_gz(
+        &initrd::agent_overlay(&cfg.vm.agent_path()?, &expect, !initrd::node_has_kubelet(&profile))?,
+        &agent_cpio,
+    )?;
     let mut parts = vec![cfg.vm.initrd.clone()];
     parts.extend(cfg.vm.overlay_path()?);
     parts.push(agent_cpio);
@@ -189,7 +194,7 @@ pub fn boot(cfg: &BootConfig, interrupt: &Interrupt) -> Result<Outcome> {
 /// The `join` stage's target, when `--kubeconfig` asks for it: the node's name (`--node-name`,
 /// else the seed's `local-hostname`) and its runtime (`--expect-runtime-version`, else
 /// `containerd://` + the manifest's containerd version). Checked before QEMU starts.
-fn join_spec(cfg: &BootConfig, containerd_version: &str) -> Result<Option<JoinSpec>> {
+fn join_spec(cfg: &BootConfig, containerd_version: &str, profile: &Profile) -> Result<Option<JoinSpec>> {
     let Some(kubeconfig) = &cfg.vm.kubeconfig else { return Ok(None) };
     anyhow::ensure!(
         join::AVAILABLE,
@@ -208,7 +213,15 @@ fn join_spec(cfg: &BootConfig, containerd_version: &str) -> Result<Option<JoinSp
         expected_runtime,
         timeout: cfg.vm.join_timeout,
         poll: join::POLL,
+        pod_image: probe_image(profile),
     }))
+}
+
+/// The image the join stage's probe pod runs: the first preloaded image that is not the
+/// sandbox image (which may have no shell).
+fn probe_image(profile: &Profile) -> Option<String> {
+    let sandbox = nodeforge::render::sandbox_image(profile).to_string();
+    profile.images.iter().map(|i| i.reference.to_string()).find(|r| *r != sandbox)
 }
 
 enum AttemptEnd {

@@ -23,6 +23,7 @@ fn spec(kubeconfig: std::path::PathBuf, timeout: Duration) -> JoinSpec {
         expected_runtime: "containerd://1.6.20".into(),
         timeout,
         poll: Duration::from_millis(100),
+        pod_image: None,
     }
 }
 

@@ -50,6 +50,10 @@ pub struct Expect {
     /// The image the probe container runs; it needs `/bin/sh`.
     #[serde(default = "default_test_image")]
     pub test_image: String,
+    /// Where the seed's `kubeadm join` writes its output (absent without a join): when
+    /// cloud-init fails, the stage quotes kubeadm's own error from it.
+    #[serde(default)]
+    pub join_log: Option<std::path::PathBuf>,
 }
 
 fn default_test_image() -> String {

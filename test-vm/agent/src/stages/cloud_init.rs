@@ -5,7 +5,15 @@
 //! `detail.degraded`); 1 fails with the errors cloud-init printed. A failed cloud-init
 //! systemd unit (from the boot stage) fails this stage too.
 //!
-//! Detail: `exit_code`, `status`, `degraded`, `errors`, `failed_units`, `output` (tail).
+//! A seed that joins a cluster runs `kubeadm join` from cloud-init, writing kubeadm's output
+//! to `Expect.join_log`. When cloud-init fails (or does not finish) and that log exists, the
+//! stage quotes kubeadm's own error from it: a wrong token or CA pin then reads as what it
+//! is, not as "scripts_user failed".
+//!
+//! Detail: `exit_code`, `status`, `degraded`, `errors`, `failed_units`, `output` (tail),
+//! `kubeadm_join` (the join log's tail, when it exists).
+
+use std::path::Path;
 
 use serde_json::json;
 
@@ -24,7 +32,36 @@ pub const UNITS: [&str; 6] = [
     "cloud-final.service",
 ];
 
-pub fn run(runner: &dyn Runner, failed_units: &[String], deadline: Deadline) -> Outcome {
+pub fn run(runner: &dyn Runner, failed_units: &[String], join_log: Option<&Path>, deadline: Deadline) -> Outcome {
+    let mut outcome = status(runner, failed_units, deadline);
+    if !outcome.ok
+        && let Some(log) = join_log.and_then(|p| std::fs::read_to_string(p).ok())
+    {
+        let said = kubeadm_error(&log);
+        outcome.message = match said {
+            Some(e) => format!("{}; kubeadm join: {e}", outcome.message),
+            None => format!("{}; kubeadm join said nothing conclusive (see detail.kubeadm_join)", outcome.message),
+        };
+        outcome.detail.insert("kubeadm_join".into(), json!(tail(&log, 2000)));
+    }
+    outcome
+}
+
+/// kubeadm's own account of a failed join: its `error execution phase ...` line (or any
+/// line starting with `error`), and its preflight `[ERROR ...]` lines.
+pub fn kubeadm_error(log: &str) -> Option<String> {
+    let lines: Vec<&str> = log
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            let lower = l.to_ascii_lowercase();
+            lower.starts_with("error") || l.contains("[ERROR")
+        })
+        .collect();
+    (!lines.is_empty()).then(|| lines.join(" | "))
+}
+
+fn status(runner: &dyn Runner, failed_units: &[String], deadline: Deadline) -> Outcome {
     let out = match runner.run("cloud-init", &["status", "--wait", "--long"], deadline.remaining()) {
         Ok(o) => o,
         Err(e) => return Outcome::fail(format!("cannot run cloud-init: {e}"), json!({})),
@@ -112,7 +149,38 @@ mod tests {
     fn run_with(out: CmdOutput, failed: &[&str]) -> Outcome {
         let r = FakeRunner::new().on(CMD, out);
         let failed: Vec<String> = failed.iter().map(|s| s.to_string()).collect();
-        run(&r, &failed, Deadline::after(Duration::from_secs(10)))
+        run(&r, &failed, None, Deadline::after(Duration::from_secs(10)))
+    }
+
+    /// kubeadm 1.34's output for a join whose CA pin is wrong, and for a wrong token secret.
+    const WRONG_PIN: &str = "[preflight] Running pre-flight checks\n\
+        error: error execution phase preflight: couldn't validate the identity of the API Server: cluster CA \
+        found in cluster-info ConfigMap is invalid: none of the public keys \"sha256:ab12\" are pinned\n\
+        To see the stack trace of this error execute with --v=5 or higher\n";
+
+    #[test]
+    fn a_failed_join_is_told_in_kubeadms_words() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("kubeadm-join.log");
+        std::fs::write(&log, WRONG_PIN).unwrap();
+        let text = "status: error\ndetail:\n('scripts_user', RuntimeError('Runparts: 1 failures'))\n";
+        let r = FakeRunner::new().on(CMD, CmdOutput::exit(1, text));
+        let o = run(&r, &[], Some(&log), Deadline::after(Duration::from_secs(10)));
+        assert!(!o.ok);
+        assert!(o.message.contains("kubeadm join: error: error execution phase preflight"), "{}", o.message);
+        assert!(o.message.contains("none of the public keys"), "{}", o.message);
+        assert!(o.detail["kubeadm_join"].as_str().unwrap().contains("pre-flight"), "{o:?}");
+        // A passing cloud-init never reads the log; a missing log changes nothing.
+        let r = FakeRunner::new().on(CMD, CmdOutput::ok("status: done\n"));
+        assert!(run(&r, &[], Some(&log), Deadline::after(Duration::from_secs(10))).ok);
+        let r = FakeRunner::new().on(CMD, CmdOutput::exit(1, text));
+        let o = run(&r, &[], Some(&dir.path().join("absent")), Deadline::after(Duration::from_secs(10)));
+        assert!(!o.message.contains("kubeadm"), "{}", o.message);
+        assert_eq!(
+            kubeadm_error("[preflight] Running pre-flight checks\n\t[ERROR Swap]: swap is on\n").unwrap(),
+            "[ERROR Swap]: swap is on"
+        );
+        assert_eq!(kubeadm_error("[preflight] ok\n"), None);
     }
 
     #[test]
@@ -154,7 +222,7 @@ mod tests {
     #[test]
     fn missing_or_hanging_cloud_init_fails() {
         let r = FakeRunner::new().missing(CMD);
-        assert!(!run(&r, &[], Deadline::after(Duration::from_secs(1))).ok);
+        assert!(!run(&r, &[], None, Deadline::after(Duration::from_secs(1))).ok);
         let o = run_with(CmdOutput { timed_out: true, stdout: "....".into(), ..Default::default() }, &[]);
         assert!(!o.ok && o.message.contains("not finished"), "{o:?}");
     }

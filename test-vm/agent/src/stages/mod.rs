@@ -23,6 +23,7 @@ use crate::expect::{CriApi, Expect};
 use crate::kubelet::{self, KubeletView};
 use crate::protocol::Stage;
 use crate::report::Reporter;
+use crate::systemd;
 
 pub type Detail = Map<String, Value>;
 
@@ -143,7 +144,7 @@ async fn run_stage(
             ctx.failed_units = failed;
             outcome
         }
-        Stage::CloudInit => cloud_init::run(runner, &ctx.failed_units, dl),
+        Stage::CloudInit => cloud_init::run(runner, &ctx.failed_units, expect.join_log.as_deref(), dl),
         Stage::Containerd => {
             let (socket, view) = match kubelet_socket(runner, expect, ctx) {
                 Ok(s) => s,
@@ -169,7 +170,27 @@ async fn run_stage(
             o
         }
         Stage::Pod => match kubelet_socket(runner, expect, ctx) {
-            Ok((socket, _)) => pod::run(&socket, expect, pod_opts, dl).await,
+            Ok((socket, _)) => {
+                // A running kubelet (a seed that joined) kills sandboxes it did not create
+                // within seconds (housekeeping reaps "orphaned" runtime pods): the probe pod
+                // runs with the kubelet stopped, and the kubelet is started again after it.
+                let paused = match pause_kubelet(runner) {
+                    Ok(p) => p,
+                    Err(o) => return o,
+                };
+                let mut o = pod::run(&socket, expect, pod_opts, dl).await;
+                if let Some(was) = paused {
+                    o.detail.insert("kubelet_paused".into(), json!({"was": was}));
+                    if let Err(e) = systemd::systemctl(runner, &["start", kubelet::UNIT]).and_then(|out| {
+                        anyhow::ensure!(out.code == Some(0), "{}", out.stderr.trim());
+                        Ok(())
+                    }) {
+                        o.ok = false;
+                        o.message = format!("{}; then starting {} again failed: {e:#}", o.message, kubelet::UNIT);
+                    }
+                }
+                o
+            }
             Err(o) => o,
         },
         Stage::KubeletConfig => match kubelet_socket(runner, expect, ctx) {
@@ -178,6 +199,22 @@ async fn run_stage(
         },
         Stage::Done => Outcome::pass("", json!({})),
     }
+}
+
+/// Stops kubelet.service if it runs (or is restarting); returns the state it was in.
+fn pause_kubelet(runner: &dyn Runner) -> Result<Option<String>, Outcome> {
+    let state = systemd::is_active(runner, kubelet::UNIT)
+        .map_err(|e| Outcome::fail(format!("cannot ask systemd about {}: {e:#}", kubelet::UNIT), json!({})))?;
+    if !matches!(state.as_str(), "active" | "activating" | "reloading") {
+        return Ok(None);
+    }
+    let out = systemd::systemctl(runner, &["stop", kubelet::UNIT])
+        .map_err(|e| Outcome::fail(format!("cannot stop {} for the probe pod: {e:#}", kubelet::UNIT), json!({})))?;
+    if out.code != Some(0) {
+        let msg = format!("cannot stop {} for the probe pod: {}", kubelet::UNIT, out.stderr.trim());
+        return Err(Outcome::fail(msg, json!({"kubelet_state": state})));
+    }
+    Ok(Some(state))
 }
 
 /// The kubelet's view, resolved once through systemd and reused by later stages.
