@@ -26,6 +26,9 @@ use nodeforge::profile::Profile;
 
 /// How often the output files are polled when nothing new arrived.
 pub const POLL: Duration = Duration::from_millis(25);
+/// After a [`Signal::Doomed`] line, how long the agent has to give its own (more telling)
+/// verdict before the run fails with that line.
+const DOOMED_GRACE: Duration = Duration::from_secs(90);
 /// The harness's own stage 0.
 pub const KERNEL_STAGE: &str = "kernel";
 /// From QEMU start to the kernel banner: ~1–2 s under TCG here; generous for slow CI.
@@ -252,6 +255,7 @@ fn attempt(
     let mut serial = Tail::new(&cfg.serial_log.clone().unwrap_or_else(|| work.join("serial.log")));
     let mut agent = Tail::new(&work.join("agent.jsonl"));
     let mut probing = probing;
+    let mut doomed: Option<(String, Instant)> = None;
     loop {
         if interrupt.is_set() {
             tracker.fail_current(now(), "interrupted by a signal", serde_json::Value::Null, None);
@@ -272,6 +276,7 @@ fn attempt(
                     tracker.pass_current(now(), "", serde_json::Value::Null, None);
                 }
                 Some(Signal::Fatal(msg)) => tracker.fail_current(now(), &msg, serde_json::Value::Null, None),
+                Some(Signal::Doomed(msg)) if doomed.is_none() => doomed = Some((msg, Instant::now())),
                 _ => {}
             }
         }
@@ -339,6 +344,12 @@ fn attempt(
             }
             tracker.fail_current(now(), &msg, serde_json::Value::Null, None);
             return Ok(AttemptEnd::Decided { interrupted: false });
+        }
+        if let Some((msg, since)) = &doomed
+            && since.elapsed() >= DOOMED_GRACE
+        {
+            let msg = format!("{msg} (and the agent gave no verdict within {} s)", DOOMED_GRACE.as_secs());
+            tracker.fail_current(now(), &msg, serde_json::Value::Null, None);
         }
         tracker.check_deadline(now());
         if Instant::now() >= deadline {

@@ -102,6 +102,10 @@ pub enum Signal {
     KernelBanner,
     /// The boot cannot succeed any more: fail now, not at the timeout.
     Fatal(String),
+    /// The boot will fail, but the agent may still say why in more detail (a failed
+    /// cloud-init module: the agent's `cloud-init` stage quotes the failing command's own
+    /// error): fail with this message only if no verdict arrives within a grace period.
+    Doomed(String),
 }
 
 /// Units the agent's stages depend on: their failing to start is final for the run.
@@ -145,16 +149,18 @@ pub fn classify(line: &str) -> Option<Signal> {
             // The unit name comes first, with its suffix; a description may follow " - ".
             let named = &line[at + prefix.len()..];
             if let Some(needed) = NEEDED_UNITS.iter().find(|u| named.starts_with(*u)) {
-                return Some(Signal::Fatal(format!("{needed} failed: {}", line.trim())));
+                let msg = format!("{needed} failed: {}", line.trim());
+                // A failed cloud-init stage leaves the agent running: it reports the cause.
+                return Some(if needed.starts_with("cloud-") { Signal::Doomed(msg) } else { Signal::Fatal(msg) });
             }
         }
     }
     // cloud-init 22.4 logs a failing config module at WARNING, which its console handler
     // prints: `util.py[WARNING]: Running module locale (<module ...>) failed`. Its final
     // message has no error wording, so this line is the early sign; `cloud-init status`
-    // (the agent's check) is the authoritative one.
+    // (the agent's check) is the authoritative one, and says more.
     if line.contains("[WARNING]: Running module ") && line.trim_end().ends_with("failed") {
-        return Some(Signal::Fatal(format!("cloud-init module failed: {}", line.trim())));
+        return Some(Signal::Doomed(format!("cloud-init module failed: {}", line.trim())));
     }
     None
 }
@@ -165,6 +171,10 @@ mod tests {
 
     #[test]
     fn recognises_banner_and_fatal_lines() {
+        let doomed = |l: &str| match classify(l) {
+            Some(Signal::Doomed(m)) => m,
+            other => panic!("{l}: {other:?}"),
+        };
         let banner = "[    0.000000] Linux version 6.1.0-56-amd64 (debian-kernel@lists.debian.org)";
         assert_eq!(classify(banner), Some(Signal::KernelBanner));
         let fatal = |l: &str| match classify(l) {
@@ -185,7 +195,7 @@ mod tests {
         );
         let ci = "[   30.1] cloud-init[412]: 2026-11-27 12:00:00,000 - util.py[WARNING]: Running module locale \
                   (<module 'cloudinit.config.cc_locale' from '/usr/lib/...'>) failed";
-        assert!(fatal(ci).starts_with("cloud-init module failed"));
+        assert!(doomed(ci).starts_with("cloud-init module failed"));
     }
 
     #[test]

@@ -157,6 +157,18 @@ fn starts_a_control_plane_a_guest_can_join() {
     let cms =
         kubectl(&admin, &["-n", "kube-system", "get", "configmap", "kubeadm-config", "kubelet-config", "-o", "name"]);
     assert_eq!(cms.lines().count(), 2, "{cms}");
+    // Joining nodes read them: they must name a kubeadm node's paths, nothing of this host's
+    // (a kubelet given this work directory's CA path exits at start).
+    let kubelet =
+        kubectl(&admin, &["-n", "kube-system", "get", "configmap", "kubelet-config", "-o", "jsonpath={.data.kubelet}"]);
+    assert!(kubelet.contains("clientCAFile: /etc/kubernetes/pki/ca.crt"), "{kubelet}");
+    let cluster = kubectl(
+        &admin,
+        &["-n", "kube-system", "get", "configmap", "kubeadm-config", "-o", "jsonpath={.data.ClusterConfiguration}"],
+    );
+    assert!(cluster.contains("certificatesDir: /etc/kubernetes/pki"), "{cluster}");
+    let here = info.dir.display().to_string();
+    assert!(!kubelet.contains(&here) && !cluster.contains(&here), "{kubelet}\n{cluster}");
     // The `kubernetes` Service's endpoint is what a guest's pods reach the API server by.
     let eps = kubectl(
         &admin,

@@ -52,11 +52,26 @@ fn q(s: &str) -> String {
     serde_json::Value::from(s).to_string()
 }
 
+/// Which paths a rendered configuration names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    /// The work directory's: for the phases that write certificates and kubeconfigs here.
+    Host,
+    /// A kubeadm node's (`/etc/kubernetes/pki`, `/var/lib/etcd`): for the phases that upload
+    /// configuration to the cluster. kubeadm derives the kubelet's `clientCAFile` from
+    /// `certificatesDir`, and every joining node's kubelet reads it from the uploaded
+    /// `kubelet-config`: a work-directory path there makes each joined kubelet exit with
+    /// "unable to load client CA file".
+    Cluster,
+}
+
 /// kubeadm's configuration: what `kubeadm init` would be given for a control plane whose
 /// guests reach it at 10.0.2.2:`api_port` (QEMU user networking's host address).
-pub fn render_config(layout: &Layout, version: &str, token: &BootstrapToken, api_port: u16) -> String {
-    let pki = layout.pki();
-    let etcd = layout.etcd_data();
+pub fn render_config(layout: &Layout, version: &str, token: &BootstrapToken, api_port: u16, view: View) -> String {
+    let (pki, etcd) = match view {
+        View::Host => (layout.pki(), layout.etcd_data()),
+        View::Cluster => (Path::new("/etc/kubernetes/pki").to_owned(), Path::new("/var/lib/etcd").to_owned()),
+    };
     format!(
         r#"# Written by test-vm control-plane. Holds the bootstrap token: keep it private.
 apiVersion: kubeadm.k8s.io/v1beta4
@@ -146,9 +161,13 @@ impl Kubeadm<'_> {
         Ok(())
     }
 
-    /// `kubeadm init phase ARGS --config DIR/kubeadm.yaml [EXTRA]`.
-    pub fn phase(&self, args: &[&str], extra: &[&OsStr], deadline: Instant) -> Result<()> {
-        let config = self.layout.kubeadm_config();
+    /// `kubeadm init phase ARGS --config CONFIG [EXTRA]`: DIR/kubeadm.yaml for the host
+    /// [`View`], DIR/kubeadm-cluster.yaml for the cluster's.
+    pub fn phase(&self, args: &[&str], extra: &[&OsStr], view: View, deadline: Instant) -> Result<()> {
+        let config = match view {
+            View::Host => self.layout.kubeadm_config(),
+            View::Cluster => self.layout.kubeadm_cluster_config(),
+        };
         let mut all: Vec<&OsStr> = ["init", "phase"].iter().chain(args).map(OsStr::new).collect();
         all.extend([OsStr::new("--config"), config.as_os_str()]);
         all.extend_from_slice(extra);
@@ -159,7 +178,7 @@ impl Kubeadm<'_> {
     /// host copies (naming 127.0.0.1). Kubeconfigs of an earlier attempt on other ports are
     /// removed first: kubeadm refuses to overwrite one that names another server.
     pub fn pki_and_kubeconfigs(&self, api_port: u16, deadline: Instant) -> Result<()> {
-        self.phase(&["certs", "all"], &[], deadline)?;
+        self.phase(&["certs", "all"], &[], View::Host, deadline)?;
         let guest_dir = self.layout.guest_kubeconfigs();
         for name in KUBECONFIGS {
             let file = guest_dir.join(format!("{name}.conf"));
@@ -168,7 +187,8 @@ impl Kubeadm<'_> {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e).with_context(|| format!("removing {}", file.display())),
             }
-            self.phase(&["kubeconfig", name], &[OsStr::new("--kubeconfig-dir"), guest_dir.as_os_str()], deadline)?;
+            let dir = [OsStr::new("--kubeconfig-dir"), guest_dir.as_os_str()];
+            self.phase(&["kubeconfig", name], &dir, View::Host, deadline)?;
             let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
             let host = host_kubeconfig(&text, api_port).with_context(|| format!("{}", file.display()))?;
             write_private(&self.layout.host_kubeconfig(name), host.as_bytes())?;
@@ -223,7 +243,7 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tempdir");
         let layout = Layout::create(&tmp.path().join("cp")).expect("layout");
         let token = BootstrapToken::parse("abcdef.0123456789abcdef").expect("token");
-        let y = render_config(&layout, "v1.34.4", &token, 41234);
+        let y = render_config(&layout, "v1.34.4", &token, 41234, View::Host);
         for want in [
             "apiVersion: kubeadm.k8s.io/v1beta4",
             "controlPlaneEndpoint: \"10.0.2.2:41234\"",
@@ -241,6 +261,16 @@ mod tests {
         let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&y).expect("yaml");
         assert_eq!(docs.len(), 2);
         assert_eq!(docs[1]["etcd"]["local"]["dataDir"], format!("{}/etcd", layout.dir().display()));
+        // What joining nodes are told: a kubeadm node's paths, nothing of this host's.
+        let c = render_config(&layout, "v1.34.4", &token, 41234, View::Cluster);
+        let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&c).expect("yaml");
+        assert_eq!(docs[1]["certificatesDir"], "/etc/kubernetes/pki");
+        assert_eq!(docs[1]["etcd"]["local"]["dataDir"], "/var/lib/etcd");
+        assert!(!c.contains(&layout.dir().display().to_string()), "{c}");
+        assert_eq!(
+            y.replace(&layout.dir().display().to_string(), "X"),
+            c.replace("/etc/kubernetes", "X").replace("/var/lib/etcd", "X/etcd")
+        );
     }
 
     #[test]

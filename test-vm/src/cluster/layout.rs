@@ -61,6 +61,12 @@ impl Layout {
         self.dir.join("kubeadm.yaml")
     }
 
+    /// The same configuration with the paths a kubeadm node has (what `upload-config` and
+    /// `bootstrap-token` publish to joining nodes).
+    pub fn kubeadm_cluster_config(&self) -> PathBuf {
+        self.dir.join("kubeadm-cluster.yaml")
+    }
+
     pub fn token_file(&self) -> PathBuf {
         self.dir.join("token")
     }

@@ -42,7 +42,7 @@ pub use serve::{Ended, ServeOptions, serve};
 
 use components::Ports;
 use health::{Probe, Wait, wait_for};
-use kubeadm::Kubeadm;
+use kubeadm::{Kubeadm, View};
 use layout::{Layout, write_private};
 use running::Running;
 
@@ -213,8 +213,8 @@ impl Start<'_> {
     }
 
     /// A kubeadm phase; if it fails because a component died meanwhile, that is the error.
-    fn phase(&mut self, args: &[&str], extra: &[&OsStr]) -> Result<()> {
-        let result = self.kubeadm().phase(args, extra, self.deadline);
+    fn phase(&mut self, args: &[&str], extra: &[&OsStr], view: View) -> Result<()> {
+        let result = self.kubeadm().phase(args, extra, view, self.deadline);
         result.map_err(|e| match self.running.check("while kubeadm ran") {
             Err(died) => died.into(),
             Ok(()) => e,
@@ -247,8 +247,10 @@ impl Start<'_> {
 
     async fn components_on(&mut self, ports: Ports) -> Result<()> {
         let l = self.layout;
-        let config = kubeadm::render_config(l, self.version, self.token, ports.api);
-        write_private(&l.kubeadm_config(), config.as_bytes())?;
+        for (view, path) in [(View::Host, l.kubeadm_config()), (View::Cluster, l.kubeadm_cluster_config())] {
+            let config = kubeadm::render_config(l, self.version, self.token, ports.api, view);
+            write_private(&path, config.as_bytes())?;
+        }
         self.kubeadm().pki_and_kubeconfigs(ports.api, self.deadline)?;
         self.mark("kubeadm certs and kubeconfigs");
 
@@ -295,9 +297,10 @@ impl Start<'_> {
 
         let admin = l.host_kubeconfig("admin");
         let kc = [OsStr::new("--kubeconfig"), admin.as_os_str()];
-        self.phase(&["upload-config", "all"], &kc)?;
+        // What joining nodes read (kubeadm-config, kubelet-config) names a node's paths.
+        self.phase(&["upload-config", "all"], &kc, View::Cluster)?;
         // --skip-token-print: the token goes into no output, kubeadm's log included.
-        self.phase(&["bootstrap-token"], &[kc[0], kc[1], OsStr::new("--skip-token-print")])?;
+        self.phase(&["bootstrap-token"], &[kc[0], kc[1], OsStr::new("--skip-token-print")], View::Cluster)?;
         self.mark("kubeadm upload-config all, bootstrap-token");
 
         let client = health::client_from(&admin).await?;

@@ -1,8 +1,14 @@
 //! The join stage's last step: once the Node is Ready, a Pod bound to it (`spec.nodeName`,
 //! so no scheduler is involved) that runs one of the node's preloaded images
-//! (`imagePullPolicy: Never`: no registry is reachable) and must reach `Succeeded`, its log
-//! read back through the API. That is the real kubelet running a pod through the overlay's
-//! containerd, runc, CNI plugins and cgroup driver, end to end.
+//! (`imagePullPolicy: Never`: no registry is reachable) and must reach `Succeeded` with exit
+//! code 0 and the greeting as its termination message. That is the real kubelet running a
+//! pod through the overlay's containerd, runc, CNI plugins and cgroup driver, end to end.
+//!
+//! The evidence is the termination message (the container writes the greeting to
+//! `/dev/termination-log`, the kubelet reports it in the Pod's status), not the log: the API
+//! server reads a log from the kubelet at the Node's InternalIP, which under QEMU user
+//! networking is the guest's private 10.0.2.15, reachable from no host process (and a test
+//! must not send the API server dialling addresses off loopback).
 //!
 //! The Pod tolerates every taint (a fresh node may still carry `not-ready`), mounts no
 //! service-account token (nothing in it talks to the API server), and is deleted afterwards
@@ -14,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use kube::api::{DeleteParams, LogParams, PostParams};
+use kube::api::{DeleteParams, PostParams};
 use serde_json::json;
 
 /// What the probe container prints; its log must carry it.
@@ -46,7 +52,7 @@ pub fn manifest(name: &str, node: &str, image: &str) -> Pod {
                 "name": "hello",
                 "image": image,
                 "imagePullPolicy": "Never",
-                "command": ["/bin/sh", "-c", format!("echo {GREETING}")],
+                "command": ["/bin/sh", "-c", format!("echo {GREETING}; echo {GREETING} >/dev/termination-log")],
             }],
         },
     });
@@ -128,7 +134,7 @@ async fn create_and_wait(
             match phase.as_str() {
                 "Succeeded" => {
                     detail["ran_ms"] = json!(created.elapsed().as_millis() as u64);
-                    return check_log(pods, name, detail).await;
+                    return check_termination(&p, name, detail);
                 }
                 "Failed" => return Err(format!("pod {NAMESPACE}/{name} on `{node}` failed: {last}")),
                 _ => {}
@@ -172,16 +178,27 @@ fn describe(p: &Pod) -> (String, String) {
     (phase, state.trim().to_owned())
 }
 
-async fn check_log(pods: &Api<Pod>, name: &str, detail: &mut serde_json::Value) -> Result<String, String> {
-    let log = tokio::time::timeout(super::REQUEST_TIMEOUT, pods.logs(name, &LogParams::default()))
-        .await
-        .map_err(|_| format!("reading the log of pod {NAMESPACE}/{name}: no answer"))?
-        .map_err(|e| format!("reading the log of pod {NAMESPACE}/{name}: {e}"))?;
-    detail["log"] = json!(log.trim_end());
-    if log.lines().any(|l| l.trim() == GREETING) {
-        Ok(format!("pod {NAMESPACE}/{name} Succeeded; its log reads `{GREETING}`"))
+/// The container exited 0 and the kubelet reported the greeting it wrote as its termination
+/// message.
+fn check_termination(p: &Pod, name: &str, detail: &mut serde_json::Value) -> Result<String, String> {
+    let terminated = p
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c.first())
+        .and_then(|c| c.state.as_ref())
+        .and_then(|s| s.terminated.clone())
+        .ok_or_else(|| format!("pod {NAMESPACE}/{name} Succeeded, but its container reports no terminated state"))?;
+    let message = terminated.message.clone().unwrap_or_default();
+    detail["exit_code"] = json!(terminated.exit_code);
+    detail["termination_message"] = json!(message.trim_end());
+    if terminated.exit_code != 0 {
+        return Err(format!("pod {NAMESPACE}/{name}: its container exited {}", terminated.exit_code));
+    }
+    if message.trim() == GREETING {
+        Ok(format!("pod {NAMESPACE}/{name} Succeeded; its container exited 0 and reported `{GREETING}`"))
     } else {
-        Err(format!("pod {NAMESPACE}/{name} Succeeded, but its log lacks `{GREETING}`: {log:?}"))
+        Err(format!("pod {NAMESPACE}/{name} Succeeded, but its termination message is {message:?}, not `{GREETING}`"))
     }
 }
 
@@ -201,7 +218,8 @@ mod tests {
         let v = serde_json::to_value(&p).unwrap();
         assert_eq!(v["spec"]["nodeName"], "worker-1");
         assert_eq!(v["spec"]["containers"][0]["imagePullPolicy"], "Never");
-        assert_eq!(v["spec"]["containers"][0]["command"][2], format!("echo {GREETING}"));
+        let cmd = v["spec"]["containers"][0]["command"][2].as_str().unwrap();
+        assert!(cmd.contains(&format!("echo {GREETING} >/dev/termination-log")), "{cmd}");
         assert_eq!(v["spec"]["restartPolicy"], "Never");
         assert_eq!(v["spec"]["automountServiceAccountToken"], false);
         assert_eq!(v["metadata"]["namespace"], NAMESPACE);

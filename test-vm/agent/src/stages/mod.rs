@@ -117,6 +117,10 @@ pub async fn run_all(expect: &Expect, runner: &dyn Runner, reporter: &mut Report
             Ok(o) => o,
             Err(_) => Outcome::fail(format!("{stage} hung past its {budget:?} limit"), json!({})),
         };
+        let mut outcome = outcome;
+        if !outcome.ok {
+            outcome.detail.insert("journal".into(), json!(journal_tails(runner)));
+        }
         reporter.finish(stage, started.elapsed(), outcome.ok, &outcome.message, outcome.detail);
         if !outcome.ok {
             let msg = format!("stage {stage} failed");
@@ -199,6 +203,25 @@ async fn run_stage(
         },
         Stage::Done => Outcome::pass("", json!({})),
     }
+}
+
+/// The units whose journals explain most failed stages.
+const DIAGNOSED_UNITS: [&str; 3] = ["kubelet.service", "containerd.service", "cloud-final.service"];
+
+/// For a failed stage: the last lines each of [`DIAGNOSED_UNITS`] logged, so a report says
+/// why the kubelet crash-loops or containerd exited without anyone logging into the guest.
+fn journal_tails(runner: &dyn Runner) -> Map<String, Value> {
+    let mut out = Map::new();
+    for unit in DIAGNOSED_UNITS {
+        let args = ["-u", unit, "-n", "25", "--no-pager", "-o", "cat"];
+        if let Ok(o) = runner.run("journalctl", &args, Duration::from_secs(15))
+            && !o.stdout.trim().is_empty()
+            && !o.stdout.contains("-- No entries --")
+        {
+            out.insert(unit.to_owned(), json!(tail(&o.stdout, 4000)));
+        }
+    }
+    out
 }
 
 /// Stops kubelet.service if it runs (or is restarting); returns the state it was in.
