@@ -46,6 +46,7 @@ pub fn expectations(profile: &Profile) -> Expectations {
         containerd_version: containerd.to_string(),
         stage_timeouts_s: default_stage_timeouts(),
         join_log: Some(nodeforge::seed::join::JOIN_LOG_PATH.to_owned()),
+        join_stage_follows: false,
     }
 }
 

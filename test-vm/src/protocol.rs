@@ -66,6 +66,10 @@ pub struct Expectations {
     /// Where the seed's `kubeadm join` writes its output: a failed cloud-init quotes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub join_log: Option<String>,
+    /// The harness runs the `join` stage after the agent's (the agent then leaves a failed
+    /// `kubeadm join` to it).
+    #[serde(default)]
+    pub join_stage_follows: bool,
 }
 
 #[cfg(test)]
@@ -92,6 +96,7 @@ mod tests {
             containerd_version: "1.5.18".into(),
             stage_timeouts_s: crate::expect::default_stage_timeouts(),
             join_log: Some("/var/log/nodeforge/kubeadm-join.log".into()),
+            join_stage_follows: true,
         };
         let parsed: nodeforge_agent::Expect = serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
         assert_eq!(parsed.cgroup_driver, nodeforge_agent::CgroupDriver::Cgroupfs);
@@ -99,6 +104,7 @@ mod tests {
         assert_eq!(parsed.stage_timeouts_s.pod, e.stage_timeouts_s["pod"]);
         assert_eq!(parsed.stage_timeouts_s.cloud_init, e.stage_timeouts_s["cloud-init"]);
         assert_eq!(parsed.join_log.as_deref(), Some(std::path::Path::new("/var/log/nodeforge/kubeadm-join.log")));
+        assert!(parsed.join_stage_follows);
     }
 
     #[test]

@@ -95,6 +95,7 @@ pub fn boot(cfg: &BootConfig, interrupt: &Interrupt) -> Result<Outcome> {
         }
     }
     let join = join_spec(cfg, &expect.containerd_version, &profile)?;
+    expect.join_stage_follows = join.is_some();
     let mut stage_list = vec![(KERNEL_STAGE.to_owned(), Duration::from_secs(kernel_timeout))];
     for s in AGENT_STAGES {
         let agent_limit = expect.stage_timeouts_s.get(s).copied().unwrap_or(120);
@@ -227,6 +228,12 @@ fn probe_image(profile: &Profile) -> Option<String> {
     profile.images.iter().map(|i| i.reference.to_string()).find(|r| *r != sandbox)
 }
 
+/// kubeadm's own error, when the agent's `cloud-init` stage found the seed's join failed.
+fn guest_join_error(tracker: &Tracker) -> Option<String> {
+    let stage = tracker.stages().iter().find(|s| s.name == "cloud-init")?;
+    stage.detail.get("kubeadm_join_error")?.as_str().map(str::to_owned)
+}
+
 enum AttemptEnd {
     /// Given up on this accelerator (only while probing); try the next.
     Abandoned(String),
@@ -291,6 +298,15 @@ fn attempt(
                 Ok(None) => {}
                 Err(msg) => tracker.fail_current(now(), &msg, serde_json::Value::Null, None),
             }
+        }
+        if join.is_some()
+            && tracker.host_stage_due()
+            && let Some(error) = guest_join_error(&tracker)
+        {
+            // The guest's kubeadm gave up already: no Node will come, say why at once.
+            let msg = format!("kubeadm join failed on the node: {error}");
+            tracker.fail_current(now(), &msg, serde_json::json!({"kubeadm_join_error": error}), None);
+            return Ok(AttemptEnd::Decided { interrupted: false });
         }
         if let Some(spec) = join.filter(|_| tracker.host_stage_due()) {
             // The guest is up and the agent is done: QEMU keeps running while the harness

@@ -54,6 +54,9 @@ pub struct Expect {
     /// cloud-init fails, the stage quotes kubeadm's own error from it.
     #[serde(default)]
     pub join_log: Option<std::path::PathBuf>,
+    /// The harness checks the join itself after the agent's stages (`--kubeconfig`).
+    #[serde(default)]
+    pub join_stage_follows: bool,
 }
 
 fn default_test_image() -> String {

@@ -32,19 +32,50 @@ pub const UNITS: [&str; 6] = [
     "cloud-final.service",
 ];
 
-pub fn run(runner: &dyn Runner, failed_units: &[String], join_log: Option<&Path>, deadline: Deadline) -> Outcome {
+/// Where the seed's `kubeadm join` writes, and who reports a failed join.
+#[derive(Debug, Clone, Copy)]
+pub struct JoinLog<'a> {
+    pub path: &'a Path,
+    /// The harness runs a `join` stage after the agent's: a join that failed with kubeadm's
+    /// own error, and nothing else of cloud-init failing, is that stage's failure, and the
+    /// runtime stages still run. Otherwise it fails this stage.
+    pub join_stage_follows: bool,
+}
+
+pub fn run(runner: &dyn Runner, failed_units: &[String], join: Option<JoinLog<'_>>, deadline: Deadline) -> Outcome {
     let mut outcome = status(runner, failed_units, deadline);
-    if !outcome.ok
-        && let Some(log) = join_log.and_then(|p| std::fs::read_to_string(p).ok())
-    {
-        let said = kubeadm_error(&log);
-        outcome.message = match said {
-            Some(e) => format!("{}; kubeadm join: {e}", outcome.message),
-            None => format!("{}; kubeadm join said nothing conclusive (see detail.kubeadm_join)", outcome.message),
-        };
-        outcome.detail.insert("kubeadm_join".into(), json!(tail(&log, 2000)));
+    let Some(join) = join else { return outcome };
+    if outcome.ok {
+        return outcome;
+    }
+    let Ok(log) = std::fs::read_to_string(join.path) else { return outcome };
+    outcome.detail.insert("kubeadm_join".into(), json!(tail(&log, 2000)));
+    match kubeadm_error(&log) {
+        Some(e) if join.join_stage_follows && only_the_join_failed(&outcome, failed_units) => {
+            // runcmd runs under `set -eu` with the join last: kubeadm ran, so every step
+            // before it succeeded.
+            outcome.ok = true;
+            outcome.message =
+                "cloud-init ran every step but its last: kubeadm join failed (the join stage reports it)".into();
+            outcome.detail.insert("kubeadm_join_error".into(), json!(e));
+        }
+        Some(e) => outcome.message = format!("{}; kubeadm join: {e}", outcome.message),
+        None => {
+            outcome.message =
+                format!("{}; kubeadm join said nothing conclusive (see detail.kubeadm_join)", outcome.message)
+        }
     }
     outcome
+}
+
+/// cloud-init finished, and what failed is the user scripts (runcmd) and cloud-final only.
+fn only_the_join_failed(outcome: &Outcome, failed_units: &[String]) -> bool {
+    let errors: Vec<&str> =
+        outcome.detail["errors"].as_array().into_iter().flatten().filter_map(|e| e.as_str()).collect();
+    outcome.detail["exit_code"] == json!(1)
+        && !errors.is_empty()
+        && errors.iter().all(|e| e.contains("scripts-user") || e.contains("scripts_user"))
+        && needed_failed(failed_units, &UNITS).iter().all(|u| *u == "cloud-final.service")
 }
 
 /// kubeadm's own account of a failed join: its `error execution phase ...` line (or any
@@ -110,7 +141,12 @@ fn errors(text: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut in_block = false;
     for line in text.lines() {
-        let top_level = !line.starts_with(char::is_whitespace) && line.contains(':');
+        // `key: value` with a plain key; 22.4's detail items (`('scripts-user',
+        // RuntimeError('Runparts: 1 failures ...'))`) have colons too, but not a key.
+        let top_level = !line.starts_with(char::is_whitespace)
+            && line
+                .split_once(':')
+                .is_some_and(|(k, _)| !k.is_empty() && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
         if top_level {
             in_block = false;
             let (key, rest) = line.split_once(':').unwrap_or((line, ""));
@@ -165,17 +201,35 @@ mod tests {
         std::fs::write(&log, WRONG_PIN).unwrap();
         let text = "status: error\ndetail:\n('scripts_user', RuntimeError('Runparts: 1 failures'))\n";
         let r = FakeRunner::new().on(CMD, CmdOutput::exit(1, text));
-        let o = run(&r, &[], Some(&log), Deadline::after(Duration::from_secs(10)));
+        let joined = |p| Some(JoinLog { path: p, join_stage_follows: false });
+        let o = run(&r, &[], joined(&log), Deadline::after(Duration::from_secs(10)));
         assert!(!o.ok);
         assert!(o.message.contains("kubeadm join: error: error execution phase preflight"), "{}", o.message);
         assert!(o.message.contains("none of the public keys"), "{}", o.message);
         assert!(o.detail["kubeadm_join"].as_str().unwrap().contains("pre-flight"), "{o:?}");
         // A passing cloud-init never reads the log; a missing log changes nothing.
         let r = FakeRunner::new().on(CMD, CmdOutput::ok("status: done\n"));
-        assert!(run(&r, &[], Some(&log), Deadline::after(Duration::from_secs(10))).ok);
+        assert!(run(&r, &[], joined(&log), Deadline::after(Duration::from_secs(10))).ok);
         let r = FakeRunner::new().on(CMD, CmdOutput::exit(1, text));
-        let o = run(&r, &[], Some(&dir.path().join("absent")), Deadline::after(Duration::from_secs(10)));
+        let absent = dir.path().join("absent");
+        let o = run(&r, &[], joined(&absent), Deadline::after(Duration::from_secs(10)));
         assert!(!o.message.contains("kubeadm"), "{}", o.message);
+
+        // With a join stage after the agent's, the join's failure is that stage's: this one
+        // passes and hands kubeadm's error on, unless something else of cloud-init failed too.
+        let r = FakeRunner::new().on(CMD, CmdOutput::exit(1, text));
+        let staged = Some(JoinLog { path: &log, join_stage_follows: true });
+        let failed = ["cloud-final.service".to_owned()];
+        let o = run(&r, &failed, staged, Deadline::after(Duration::from_secs(10)));
+        assert!(o.ok, "{o:?}");
+        assert!(o.detail["kubeadm_join_error"].as_str().unwrap().contains("none of the public keys"), "{o:?}");
+        let locale = "status: error\ndetail:\n('locale', ProcessExecutionError('boom'))\n";
+        let r = FakeRunner::new().on(CMD, CmdOutput::exit(1, locale));
+        let o = run(&r, &failed, staged, Deadline::after(Duration::from_secs(10)));
+        assert!(!o.ok && o.message.contains("kubeadm join: error"), "{o:?}");
+        let r = FakeRunner::new().on(CMD, CmdOutput::exit(1, text));
+        let more = ["cloud-final.service".to_owned(), "cloud-config.service".to_owned()];
+        assert!(!run(&r, &more, staged, Deadline::after(Duration::from_secs(10))).ok);
         assert_eq!(
             kubeadm_error("[preflight] Running pre-flight checks\n\t[ERROR Swap]: swap is on\n").unwrap(),
             "[ERROR Swap]: swap is on"

@@ -148,7 +148,13 @@ async fn run_stage(
             ctx.failed_units = failed;
             outcome
         }
-        Stage::CloudInit => cloud_init::run(runner, &ctx.failed_units, expect.join_log.as_deref(), dl),
+        Stage::CloudInit => {
+            let join = expect
+                .join_log
+                .as_deref()
+                .map(|path| cloud_init::JoinLog { path, join_stage_follows: expect.join_stage_follows });
+            cloud_init::run(runner, &ctx.failed_units, join, dl)
+        }
         Stage::Containerd => {
             let (socket, view) = match kubelet_socket(runner, expect, ctx) {
                 Ok(s) => s,
