@@ -25,6 +25,9 @@ cargo run -q -p nodeforge --example matrix --locked | diff -u docs/matrix.md - \
 step "cargo build --workspace (the end-to-end tests run nodeforge, test-vm and the guest agent)"
 cargo build --workspace --locked
 
+step "make demo (the README's main command: the bundle node built, booted, joined to a real control plane)"
+bash scripts/demo.sh
+
 step "cargo test (unit, integration, real consumers, images booted in QEMU)"
 cargo test --workspace --locked --no-fail-fast
 

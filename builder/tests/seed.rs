@@ -1,5 +1,6 @@
 //! `nodeforge seed` end to end: the seed volume checked by the tools that read it (blkid,
-//! mtools, xorriso, cloud-init schema), the JoinConfiguration checked against kubeadm's API
+//! mtools, xorriso, cloud-init schema), the JoinConfiguration checked by the real kubeadm
+//! (`kubeadm config validate`, kubeadm 1.34 built from its Go module) and against kubeadm's API
 //! field sets, the secrets rule, usage errors and reproducibility.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
@@ -11,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use serde::Deserialize;
+
+mod common;
 
 /// The token every test uses; it must show up only inside the seed volume.
 const TOKEN: &str = "q7x2k9.v4m8n1p6r3s5t0wz";
@@ -236,6 +239,42 @@ fn check_common<A>(c: &kubeadm::JoinConfiguration<A>) {
     assert_eq!(bt.api_server_endpoint.as_deref(), Some("10.0.0.10:6443"));
     assert_eq!(bt.ca_cert_hashes.as_deref(), Some(&[format!("sha256:{}", "0f".repeat(32))][..]));
     assert_eq!(c.patches.as_ref().unwrap().directory.as_deref(), Some("/etc/kubernetes/patches"));
+}
+
+/// kubeadm itself reads what nodeforge writes: v1beta3 (for 1.22–1.30) and v1beta4 (1.31 on),
+/// each with and without a discovery timeout, through `kubeadm config validate` (strict:
+/// an unknown or misplaced field fails). A negative control shows the check can fail.
+#[test]
+fn real_kubeadm_validates_the_join_configuration() {
+    let kubeadm = common::standin::standin().bin.join("kubeadm");
+    let validate = |yaml: &str, dir: &Path| {
+        let f = dir.join("join.yaml");
+        fs::write(&f, yaml).unwrap();
+        Command::new(&kubeadm).args(["config", "validate", "--config"]).arg(&f).output().unwrap()
+    };
+    for (k8s, api) in [("1.30.2", "v1beta3"), ("1.34.4", "v1beta4")] {
+        for extra in [&[][..], &["--join-discovery-timeout", "45s"][..]] {
+            let s = Setup::new(k8s);
+            let o = s.seed("out", extra);
+            assert!(o.status.success(), "{}", text(&o));
+            let ud = String::from_utf8(mcopy(&s.path("out/seed.img"), "user-data", s.dir.path())).unwrap();
+            let yaml = join_yaml(&ud);
+            assert!(yaml.contains(&format!("kubeadm.k8s.io/{api}")), "{yaml}");
+            assert_eq!(yaml.contains("45s"), !extra.is_empty(), "{yaml}");
+            let v = validate(&yaml, s.dir.path());
+            assert!(v.status.success(), "kubeadm refused the {api} JoinConfiguration {extra:?}: {}", text(&v));
+            assert!(
+                !String::from_utf8_lossy(&v.stdout).contains(TOKEN)
+                    && !String::from_utf8_lossy(&v.stderr).contains(TOKEN)
+            );
+            let typo = validate(&yaml.replace("criSocket", "criSockt"), s.dir.path());
+            assert!(
+                !typo.status.success() && String::from_utf8_lossy(&typo.stderr).contains("criSockt"),
+                "{}",
+                text(&typo)
+            );
+        }
+    }
 }
 
 #[test]

@@ -301,7 +301,7 @@ fn attempt(
         }
         if join.is_some()
             && tracker.host_stage_due()
-            && let Some(error) = guest_join_error(&tracker)
+            && let Some(error) = guest_join_error(tracker)
         {
             // The guest's kubeadm gave up already: no Node will come, say why at once.
             let msg = format!("kubeadm join failed on the node: {error}");

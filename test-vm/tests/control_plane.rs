@@ -1,7 +1,8 @@
-//! The control plane for real: etcd, kube-apiserver, kube-controller-manager and kubeadm from
-//! `NODEFORGE_K8S_BIN_DIR` (kubectl from there too), started on 127.0.0.1 by
-//! `test_vm::cluster` and by `test-vm control-plane`. The tests fail, not skip, without the
-//! binaries. One control plane at a time: they share a lock (two cores, ~450 MB each).
+//! The control plane for real: etcd, kube-apiserver, kube-controller-manager and kubeadm
+//! built from their Go modules by fixtures/upstream/build-upstream.sh (kubectl too), started
+//! on 127.0.0.1 by `test_vm::cluster` and by `test-vm control-plane`. `NODEFORGE_K8S_BIN_DIR`
+//! points at other builds of the same programs instead. One control plane at a time: they
+//! share a lock (two cores, ~450 MB each).
 
 #![cfg(feature = "join")]
 #![allow(clippy::unwrap_used)] // a panic is the failure report in a test
@@ -19,14 +20,14 @@ use test_vm::cluster::{
 
 const START_LIMIT: Duration = Duration::from_secs(150);
 
+mod upstream {
+    include!("common/upstream.rs");
+}
+
 fn bin_dir() -> PathBuf {
     match std::env::var_os("NODEFORGE_K8S_BIN_DIR") {
         Some(d) if !d.is_empty() => PathBuf::from(d),
-        _ => panic!(
-            "NODEFORGE_K8S_BIN_DIR is not set: point it at a directory holding etcd, kube-apiserver, \
-             kube-controller-manager, kubeadm and kubectl (Kubernetes v1.34, etcd v3.6). These tests \
-             need the real programs and do not skip without them."
-        ),
+        _ => upstream::upstream().bin.clone(),
     }
 }
 

@@ -1,14 +1,21 @@
-//! The whole mission, end to end, for real: the offline stand-in release served on
-//! 127.0.0.1 → `nodeforge image` on the debootstrap base → `test-vm boot` under QEMU, with
-//! nodeforge's guest agent checking the node stage by stage over CRI. Two disk boots, one per
-//! runtime source: the cri-containerd-cni bundle (standin.toml: systemd driver) and the
-//! per-component releases, containerd + runc + CNI plugins + crictl (standin-components.toml:
-//! cgroupfs driver, another pod subnet; its crictl is checked by the agent's `cri` stage),
-//! and one netboot of the cpio artifact.
+//! The whole mission, end to end, for real: the release mirror served on 127.0.0.1 (Debian's
+//! containerd 1.6 bundle; Kubernetes, containerd 2.x, runc, the CNI plugins and crictl built
+//! from their Go modules) → `nodeforge image` on the debootstrap base → `test-vm boot` under
+//! QEMU, with nodeforge's guest agent checking the node stage by stage over CRI, and against
+//! a real control plane on 127.0.0.1 (`test_vm::cluster`), the real `kubeadm join` from the
+//! seed and the join stage: Node Ready with the built runtime, a pod bound to it Succeeded.
+//!
+//! The bundle node with a join is `make demo` itself, which `make test` runs (so a broken
+//! demo fails CI). Here: the per-component containerd 2.x node joining; two joins that
+//! cannot succeed (a wrong CA pin, a wrong token), which must fail the join stage in
+//! kubeadm's own words long before its timeout; a netboot of the cpio artifacts; and a stock
+//! base made a node by its seed alone (first boot).
 //!
 //! Slow by nature (each boot is about a minute under TCG): the boots take turns, because
-//! two TCG guests on a 2-core machine would each run at half speed and race their timeouts.
+//! two TCG guests on a 2-core machine would each run at half speed and race their timeouts;
+//! a fleet of two boots with one vCPU each is the exception.
 
+#![cfg(feature = "join")] // the control plane and the join stage are kube-rs
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 #[path = "../../builder/tests/common/http_server.rs"]
@@ -23,6 +30,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 use http_server::TestServer;
+use test_vm::cluster::{ControlPlane, ControlPlaneConfig};
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
@@ -108,6 +116,61 @@ fn image_with(profile: &str, flags: &[&str]) -> PathBuf {
     out
 }
 
+/// One boot (or fleet) at a time: see the module comment.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// The control plane every joining node of this test binary joins; started once.
+fn control_plane() -> &'static Mutex<ControlPlane> {
+    static CP: OnceLock<Mutex<ControlPlane>> = OnceLock::new();
+    CP.get_or_init(|| {
+        let dir = tmp_root().join("control-plane");
+        let _ = fs::remove_dir_all(&dir);
+        let cfg = ControlPlaneConfig::new(inputs().mirror.join("bin"), &dir);
+        let started = Instant::now();
+        let cp = ControlPlane::start(&cfg).unwrap_or_else(|e| panic!("the control plane did not start: {e:#}"));
+        eprintln!("control plane ready in {:.1} s", started.elapsed().as_secs_f64());
+        Mutex::new(cp)
+    })
+}
+
+/// What a seed needs of the control plane, and the host's kubeconfig.
+struct Cluster {
+    endpoint: String,
+    token_file: PathBuf,
+    ca_cert_hash: String,
+    kubeconfig: PathBuf,
+}
+
+fn cluster() -> Cluster {
+    let mut cp = control_plane().lock().unwrap_or_else(|e| e.into_inner());
+    cp.check().unwrap_or_else(|e| panic!("the control plane is down: {e}"));
+    let i = cp.info();
+    Cluster {
+        endpoint: i.endpoint.clone(),
+        token_file: i.token_file.clone(),
+        ca_cert_hash: i.ca_cert_hash.clone(),
+        kubeconfig: i.admin_kubeconfig.clone(),
+    }
+}
+
+/// `nodeforge seed` for one node of `profile` that joins with these settings.
+fn join_seed(profile: &str, node: &str, endpoint: &str, token_file: &Path, ca_cert_hash: &str) -> PathBuf {
+    let out = tmp_root().join(format!("seed-{node}"));
+    let _ = fs::remove_dir_all(&out);
+    let o = Command::new(workspace_bin("nodeforge"))
+        .args(["seed", "--profile"])
+        .arg(inputs().mirror.join(format!("{profile}.toml")))
+        .args(["--node", node, "--join-endpoint", endpoint, "--ca-cert-hash", ca_cert_hash])
+        .arg("--token-file")
+        .arg(token_file)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "nodeforge seed {node}: {}", text(&o));
+    out.join("seed.img")
+}
+
 /// Boot with test-vm and return its JSON report; the boots take turns.
 fn boot(dir: &Path, netboot: bool) -> serde_json::Value {
     boot_with(dir, netboot, &["--timeout", "600"])
@@ -115,12 +178,16 @@ fn boot(dir: &Path, netboot: bool) -> serde_json::Value {
 
 /// [`boot`] with test-vm flags of the caller's choosing (limits).
 fn boot_with(dir: &Path, netboot: bool, flags: &[&str]) -> serde_json::Value {
-    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    boot_seeded(dir, netboot, &dir.join("seed.img"), flags)
+}
+
+/// [`boot_with`] with another seed than the image's own.
+fn boot_seeded(dir: &Path, netboot: bool, seed: &Path, flags: &[&str]) -> serde_json::Value {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let report = dir.join(if netboot { "netboot.json" } else { "disk.json" });
     let junit = dir.join(if netboot { "netboot.junit.xml" } else { "disk.junit.xml" });
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_test-vm"));
-    cmd.arg("boot").arg("--kernel").arg(dir.join("vmlinuz")).arg("--seed").arg(dir.join("seed.img"));
+    cmd.arg("boot").arg("--kernel").arg(dir.join("vmlinuz")).arg("--seed").arg(seed);
     if netboot {
         cmd.arg("--netboot").arg("--initrd").arg(dir.join("rootfs.cpio.gz")).args(["--memory", "3072"]);
     } else {
@@ -147,7 +214,7 @@ fn boot_with(dir: &Path, netboot: bool, flags: &[&str]) -> serde_json::Value {
 fn assert_node(report: &serde_json::Value, subnet: &str) {
     assert_eq!(report["verdict"], "pass", "{report:#}");
     let stages: Vec<&str> = report["stages"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
-    assert_eq!(stages, ["kernel", "boot", "cloud-init", "containerd", "cri", "pod", "kubelet-config"]);
+    assert_eq!(&stages[..7], ["kernel", "boot", "cloud-init", "containerd", "cri", "pod", "kubelet-config"]);
     assert!(report["stages"].as_array().unwrap().iter().all(|s| s["verdict"] == "pass"), "{report:#}");
     let v = &report["cri_version"];
     assert_eq!(v["runtime_name"], "containerd", "{v}");
@@ -157,23 +224,98 @@ fn assert_node(report: &serde_json::Value, subnet: &str) {
     assert!(net.contains(&ip), "pod IP {ip} outside {net}");
 }
 
-#[test]
-fn disk_boot_systemd_driver() {
-    let report = boot(&image("standin"), false);
-    assert_node(&report, "10.88.0.0/16");
+fn stage<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["stages"].as_array().unwrap().iter().find(|s| s["name"] == name).unwrap_or_else(|| panic!("no {name}"))
 }
 
-/// The per-component path: containerd's own archive, runc, the CNI plugins and crictl as
-/// separate releases, with the cgroupfs driver and another pod subnet.
+/// The per-component path, containerd 2.x: containerd's own archive, runc, the CNI plugins
+/// and crictl as separate releases, the cgroupfs driver and another pod subnet; the seed
+/// joins the real control plane with the real kubeadm, and the join stage sees the Node
+/// Ready as `containerd://2.2.9` and a pod bound to it Succeeded.
 #[test]
-fn disk_boot_per_component_release_cgroupfs_driver_other_subnet() {
-    let report = boot(&image("standin-components"), false);
+fn per_component_containerd_2_node_joins_and_runs_a_pod() {
+    let dir = image("standin-components");
+    let c = cluster();
+    let seed = join_seed("standin-components", "node-2x", &c.endpoint, &c.token_file, &c.ca_cert_hash);
+    let kubeconfig = c.kubeconfig.to_str().unwrap().to_owned();
+    let report = boot_seeded(&dir, false, &seed, &["--timeout", "900", "--kubeconfig", &kubeconfig]);
     assert_node(&report, "10.244.7.0/24");
     // The profile pins crictl: the agent ran it on the node, through the rendered crictl.yaml.
-    let cri = report["stages"].as_array().unwrap().iter().find(|s| s["name"] == "cri").unwrap();
-    let crictl = &cri["detail"]["crictl"];
-    assert_eq!(crictl["path"], "/usr/local/bin/crictl", "{cri:#}");
-    assert_eq!(crictl["version"]["runtime_name"], "containerd", "{cri:#}");
+    let cri = stage(&report, "cri");
+    assert_eq!(cri["detail"]["crictl"]["path"], "/usr/local/bin/crictl", "{cri:#}");
+    assert_eq!(cri["detail"]["crictl"]["version"]["runtime_name"], "containerd", "{cri:#}");
+    let join = stage(&report, "join");
+    let version = std::fs::read_to_string(inputs().mirror.join("upstream.env")).unwrap();
+    let version =
+        version.lines().find_map(|l| l.strip_prefix("UPSTREAM_CONTAINERD_VERSION=")).unwrap().trim_matches('\'');
+    assert_eq!(join["detail"]["container_runtime_version"], format!("containerd://{version}"), "{join:#}");
+    assert_eq!(join["detail"]["kubelet_version"], "v1.34.4", "{join:#}");
+    assert_eq!(join["detail"]["pod"]["phase"], "Succeeded", "{join:#}");
+    assert_eq!(join["detail"]["pod"]["termination_message"], "hello-from-nodeforge-join", "{join:#}");
+    eprintln!("{}", join["detail"]["row"].as_str().unwrap());
+}
+
+/// Joins that cannot succeed fail the join stage at once, in kubeadm's own words read from
+/// the guest, not after the stage's timeout, and the runtime stages still pass: a wrong CA
+/// pin and a wrong token (the right token id with another secret), booted together as a
+/// fleet of two one-vCPU nodes.
+#[test]
+fn joins_that_cannot_succeed_fail_fast_in_kubeadms_words() {
+    let dir = image("standin");
+    let c = cluster();
+    let wrong_pin = format!("sha256:{}", "ab".repeat(32));
+    let pin_seed = join_seed("standin", "wrong-pin", &c.endpoint, &c.token_file, &wrong_pin);
+    let token = std::fs::read_to_string(&c.token_file).unwrap();
+    let (id, secret) = token.trim().split_once('.').unwrap();
+    let other: String = secret.chars().map(|ch| if ch == 'a' { 'b' } else { 'a' }).collect();
+    let wrong_token = tmp_root().join("wrong-token");
+    std::fs::write(&wrong_token, format!("{id}.{other}\n")).unwrap();
+    let token_seed = join_seed("standin", "wrong-token", &c.endpoint, &wrong_token, &c.ca_cert_hash);
+
+    let out = tmp_root().join("fleet-wrong-joins");
+    let _ = fs::remove_dir_all(&out);
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let started = Instant::now();
+    let o = Command::new(env!("CARGO_BIN_EXE_test-vm"))
+        .arg("fleet")
+        .arg("--kernel")
+        .arg(dir.join("vmlinuz"))
+        .arg("--initrd")
+        .arg(dir.join("initrd.img"))
+        .arg("--disk")
+        .arg(dir.join("disk.qcow2"))
+        .arg("--node")
+        .arg(format!("wrong-pin={}", pin_seed.display()))
+        .arg("--node")
+        .arg(format!("wrong-token={}", token_seed.display()))
+        .args(["--parallel", "2", "--cpus", "1", "--accel", "tcg", "--timeout", "900", "--join-timeout", "600"])
+        .arg("--kubeconfig")
+        .arg(&c.kubeconfig)
+        .arg("--agent")
+        .arg(workspace_bin("nodeforge-agent"))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    eprintln!("{}\nfleet took {:.1} s", String::from_utf8_lossy(&o.stdout), took.as_secs_f64());
+    assert_eq!(o.status.code(), Some(1), "both nodes must fail: {}", text(&o));
+    for (node, kubeadm_says) in
+        [("wrong-pin", "none of the public keys"), ("wrong-token", "failed to verify JWS signature")]
+    {
+        let report: serde_json::Value =
+            serde_json::from_slice(&fs::read(out.join(node).join("report.json")).unwrap()).unwrap();
+        for s in ["kernel", "boot", "cloud-init", "containerd", "cri", "pod", "kubelet-config"] {
+            assert_eq!(stage(&report, s)["verdict"], "pass", "{node}: {s} {report:#}");
+        }
+        let join = stage(&report, "join");
+        assert_eq!(join["verdict"], "fail", "{node}: {join:#}");
+        let msg = join["message"].as_str().unwrap();
+        assert!(msg.starts_with("kubeadm join failed on the node: ") && msg.contains(kubeadm_says), "{node}: {msg}");
+        // At once: not after the 600 s join timeout.
+        assert!(join["duration_ms"].as_u64().unwrap() < 5_000, "{node}: {join:#}");
+    }
+    assert!(took.as_secs() < 600, "the failing joins took {took:?}");
 }
 
 #[test]
