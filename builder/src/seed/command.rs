@@ -120,6 +120,9 @@ pub fn seed(c: &SeedConfig) -> Result<SeedReport> {
         ud.write_files.push(WriteFile::secret(join::JOIN_CONFIG_PATH, j.render(*api)?));
     }
     ud.runcmd = firstboot::runcmd(p, !attachments.is_empty(), join.as_ref().map(|_| Join::command()));
+    if join.is_some() {
+        ud.bootcmd.push(super::Command::Shell(Join::bootcmd()));
+    }
     let identity = SeedIdentity { hostname: Some(c.node.clone()), instance_id: c.instance_id.clone() };
     let files = SeedFiles::with(&loaded, &ud, &identity, attachments)?;
 

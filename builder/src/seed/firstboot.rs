@@ -41,7 +41,14 @@ pub fn runcmd(profile: &Profile, unpack: bool, join: Option<String>) -> Vec<Comm
     // containerd must be up and the preloaded images in before kubeadm (or the kubelet) looks
     // for them. `systemctl start` of the oneshot import unit returns when it has finished
     // (or at once if its stamp says the images are in), and fails if the import failed.
-    lines.push("systemctl enable --now containerd.service".to_owned());
+    // After an unpack, a containerd already running (a disk that was a node before) is the
+    // old binary on the old config: restart it.
+    if unpack {
+        lines.push("systemctl enable containerd.service".to_owned());
+        lines.push("systemctl restart containerd.service".to_owned());
+    } else {
+        lines.push("systemctl enable --now containerd.service".to_owned());
+    }
     if !profile.images.is_empty() {
         lines.push(format!("systemctl start {}", preload::UNIT));
     }
@@ -90,6 +97,7 @@ mod tests {
         assert!(pos("tar --no-overwrite-dir") < pos("daemon-reload"));
         assert!(pos("daemon-reload") < pos("systemd-sysctl"));
         assert!(pos("systemd-sysctl") < pos("containerd.service"));
+        assert!(l.contains(&"systemctl restart containerd.service"), "{l:?}");
         assert!(pos("containerd.service") < pos(preload::UNIT));
         assert_eq!(l.last(), Some(&"JOIN"));
 

@@ -21,6 +21,10 @@ use crate::version::Version;
 
 /// Where the JoinConfiguration lands on the node; removed after `kubeadm join` ran.
 pub const JOIN_CONFIG_PATH: &str = "/etc/kubernetes/nodeforge/join.yaml";
+/// Where a reprovisioned machine's bootcmd moves the old kubelet's kubeconfig.
+pub const OLD_KUBELET_CONF: &str = "/etc/kubernetes/kubelet.conf.replaced";
+/// How often a join refused because the old Node is still Ready is tried (10 s apart).
+pub const READY_NODE_RETRIES: u32 = 18;
 /// Where the join's runcmd line keeps kubeadm's output.
 pub const JOIN_LOG_PATH: &str = "/var/log/nodeforge/kubeadm-join.log";
 /// The CRI socket kubeadm is told about: the one every rendered file names.
@@ -429,11 +433,35 @@ impl Join {
     /// (a new instance-id) anyway. Exits with kubeadm's status so cloud-init reports a failure.
     /// kubeadm's output (which never carries the token) also goes to [`JOIN_LOG_PATH`], where
     /// an operator, or a test harness, finds kubeadm's own words about a failed join.
+    ///
+    /// A machine reprovisioned on a disk that was a node before (a new instance-id on the same
+    /// disk) still holds the old kubelet's state: kubeadm wants `kubeadm reset` before it joins
+    /// again, so the line resets first when the old kubelet's config is there. And kubeadm
+    /// refuses to join while a Node of the same name is still Ready (the old machine's status
+    /// lingers for the controller manager's grace period, 40–50 s): that one refusal is
+    /// retried, after a reset, every 10 s for up to [`READY_NODE_RETRIES`] tries.
     pub fn command() -> String {
         let log_dir = JOIN_LOG_PATH.rsplit_once('/').map_or("/var/log", |(d, _)| d);
+        let reset = format!("kubeadm reset --force --cri-socket {CRI_SOCKET} >>{JOIN_LOG_PATH} 2>&1");
         format!(
-            "mkdir -p {PATCHES_DIR} {log_dir}; rc=0; kubeadm join --config {JOIN_CONFIG_PATH} >{JOIN_LOG_PATH} 2>&1 \
-             || rc=$?; cat {JOIN_LOG_PATH}; rm -f {JOIN_CONFIG_PATH}; exit $rc"
+            "mkdir -p {PATCHES_DIR} {log_dir}; : >{JOIN_LOG_PATH}; \
+             if [ -e /var/lib/kubelet/config.yaml ] || [ -e {OLD_KUBELET_CONF} ]; then {reset}; fi; \
+             n=0; while :; do rc=0; kubeadm join --config {JOIN_CONFIG_PATH} >>{JOIN_LOG_PATH} 2>&1 || rc=$?; \
+             n=$((n+1)); if [ $rc -ne 0 ] && [ $n -lt {READY_NODE_RETRIES} ] && \
+             tail -n 5 {JOIN_LOG_PATH} | grep -q 'already exists in the cluster'; then {reset}; sleep 10; \
+             else break; fi; done; cat {JOIN_LOG_PATH}; rm -f {JOIN_CONFIG_PATH}; exit $rc"
+        )
+    }
+
+    /// The bootcmd entry for a seed that joins: on a disk that was a node before, the old
+    /// kubelet must not come up with its old identity and keep the old Node Ready (kubeadm
+    /// would then refuse to join under that name). Once per instance, before the kubelet can
+    /// start (cloud-init's network stage runs before network-online.target, which the kubelet
+    /// waits for), its kubeconfig is moved aside; the join's `kubeadm reset` clears the rest.
+    pub fn bootcmd() -> String {
+        format!(
+            "cloud-init-per instance nodeforge-old-kubelet-identity sh -c \
+             '[ ! -e /etc/kubernetes/kubelet.conf ] || mv -f /etc/kubernetes/kubelet.conf {OLD_KUBELET_CONF}'"
         )
     }
 }
