@@ -47,6 +47,72 @@ pub enum Command {
     /// Write a cloud-init NoCloud seed for one node: its name and instance-id, optionally a
     /// kubeadm join and the overlay to unpack on first boot.
     Seed(SeedConfig),
+    /// Replace a node of a cluster with a built one: cordon and drain it (Eviction API), run the
+    /// reprovision step, wait until it is back Ready from a new boot on the expected runtime,
+    /// uncordon it, and report before and after.
+    #[cfg(feature = "cluster")]
+    Replace(ReplaceConfig),
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Exit codes: 10 drain blocked by a PodDisruptionBudget; 11 pods would be lost \
+                  (unmanaged, or emptyDir data) without --force / --delete-emptydir-data; 12 the reprovision \
+                  command failed; 13 the node did not come back Ready from a new boot in time; 14 it came back \
+                  on another runtime; 15 the API server is unreachable; 16 credentials refused or a permission \
+                  missing; 130 interrupted. On every failure the node is left cordoned.")]
+pub struct ReplaceConfig {
+    /// The cluster's kubeconfig (its current context is used).
+    #[arg(long, value_name = "FILE", env = "KUBECONFIG")]
+    pub kubeconfig: PathBuf,
+    /// The Node to replace; the new machine must register under the same name.
+    #[arg(long, value_name = "NAME", value_parser = crate::ident::parse_node_name)]
+    pub node: String,
+    /// The runtime the replacement must report (`status.nodeInfo.containerRuntimeVersion`),
+    /// e.g. `containerd://2.2.9`.
+    #[arg(long, value_name = "RUNTIME://VERSION", value_parser = parse_runtime)]
+    pub expect_runtime: String,
+    /// Run after the drain, by `sh -c`, with NODEFORGE_NODE set to the node's name: what
+    /// reprovisions the machine (boots the new image with a seed carrying a new instance-id).
+    /// Without it, nodeforge prints what to do and waits for the operator to do it.
+    #[arg(long, value_name = "CMD")]
+    pub reprovision_cmd: Option<String>,
+    /// How long the node may take to come back Ready (Go duration).
+    #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = parse_positive_duration)]
+    pub timeout: std::time::Duration,
+    /// How long evictions may be refused by PodDisruptionBudgets and evicted pods take to go.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_positive_duration)]
+    pub drain_timeout: std::time::Duration,
+    /// Also delete pods that no controller will recreate (as `kubectl drain --force`).
+    #[arg(long)]
+    pub force: bool,
+    /// Also evict pods with emptyDir volumes, whose data is lost (as kubectl's flag).
+    #[arg(long)]
+    pub delete_emptydir_data: bool,
+    /// How long the node may be Ready from a new boot on another runtime before that is final
+    /// (a first boot may restart containerd under a running kubelet).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_positive_duration)]
+    pub runtime_grace: std::time::Duration,
+}
+
+/// `RUNTIME://VERSION`.
+fn parse_runtime(s: &str) -> Result<String, String> {
+    match s.split_once("://") {
+        Some((r, v)) if !r.is_empty() && !v.is_empty() && !s.contains(char::is_whitespace) => Ok(s.to_owned()),
+        _ => {
+            Err("expected RUNTIME://VERSION, e.g. containerd://2.2.9 (kubectl get node -o wide's CONTAINER-RUNTIME)"
+                .into())
+        }
+    }
+}
+
+/// A positive Go duration (`90s`, `5m`, `1h30m`).
+fn parse_positive_duration(s: &str) -> Result<std::time::Duration, String> {
+    let d: crate::duration::GoDuration = s.parse().map_err(|e: crate::duration::DurationError| e.to_string())?;
+    u64::try_from(d.nanos())
+        .ok()
+        .filter(|n| *n > 0)
+        .map(std::time::Duration::from_nanos)
+        .ok_or_else(|| format!("`{s}` must be a positive duration"))
 }
 
 #[derive(Debug, Args)]

@@ -27,6 +27,40 @@ pub enum Stage {
     Archive,
     /// A flag's value or a file it names is unusable (exit 2, like clap's own usage errors).
     Usage,
+    /// `replace`: a PodDisruptionBudget kept a pod from being evicted (exit 10).
+    DrainBlocked,
+    /// `replace`: pods would be lost (unmanaged, or with emptyDir data) without --force or
+    /// --delete-emptydir-data (exit 11).
+    PodsWouldBeLost,
+    /// `replace`: the reprovision command failed (exit 12).
+    Reprovision,
+    /// `replace`: the node did not come back Ready from a new boot in time (exit 13).
+    NodeNotBack,
+    /// `replace`: the node came back on another container runtime (exit 14).
+    WrongRuntime,
+    /// `replace`: the API server cannot be reached (exit 15).
+    Unreachable,
+    /// `replace`: the kubeconfig's credentials are refused or lack a permission (exit 16).
+    Forbidden,
+}
+
+impl Stage {
+    /// The documented exit code of this failure class.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Stage::Usage => 2,
+            Stage::Profile => 3,
+            Stage::Fetch => 4,
+            Stage::Archive => 5,
+            Stage::DrainBlocked => 10,
+            Stage::PodsWouldBeLost => 11,
+            Stage::Reprovision => 12,
+            Stage::NodeNotBack => 13,
+            Stage::WrongRuntime => 14,
+            Stage::Unreachable => 15,
+            Stage::Forbidden => 16,
+        }
+    }
 }
 
 impl std::fmt::Display for Stage {
@@ -36,6 +70,13 @@ impl std::fmt::Display for Stage {
             Stage::Fetch => "download failed",
             Stage::Archive => "unsafe or malformed upstream archive",
             Stage::Usage => "usage error",
+            Stage::DrainBlocked => "drain blocked by a PodDisruptionBudget",
+            Stage::PodsWouldBeLost => "drain would lose pods",
+            Stage::Reprovision => "reprovision failed",
+            Stage::NodeNotBack => "node did not come back",
+            Stage::WrongRuntime => "node came back on another runtime",
+            Stage::Unreachable => "cluster unreachable",
+            Stage::Forbidden => "forbidden by the cluster",
         })
     }
 }
@@ -94,6 +135,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Fetch(c) => run_fetch(&c, json),
         Command::Lock(c) => run_lock(&c, json),
         Command::Seed(c) => crate::seed::command::run(&c, json),
+        #[cfg(feature = "cluster")]
+        Command::Replace(c) => crate::replace::run(&c, json, interrupt()),
         Command::Build(c) => {
             let profile = load_profile(&c.profile.profile)?;
             enforce_lock(&profile, &c.lock)?;
@@ -290,17 +333,7 @@ fn run_fetch(c: &FetchConfig, json: bool) -> Result<()> {
 pub fn report_error(e: &anyhow::Error, json: bool) -> ExitCode {
     let interrupted =
         INTERRUPT.get().is_some_and(Interrupt::is_set) || e.chain().any(|c| c.is::<crate::io::Interrupted>());
-    let code: u8 = if interrupted {
-        130
-    } else {
-        match e.downcast_ref::<Stage>() {
-            Some(Stage::Profile) => 3,
-            Some(Stage::Fetch) => 4,
-            Some(Stage::Archive) => 5,
-            Some(Stage::Usage) => 2,
-            None => 1,
-        }
-    };
+    let code: u8 = if interrupted { 130 } else { e.downcast_ref::<Stage>().map_or(1, |s| s.exit_code()) };
     let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
     if e.downcast_ref::<Reported>().is_some() {
         return ExitCode::from(code);

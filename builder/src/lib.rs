@@ -31,6 +31,8 @@ pub mod archive;
 pub mod build;
 pub mod check;
 pub mod cli;
+#[cfg(feature = "cluster")]
+pub mod cluster;
 pub mod commands;
 pub mod compat;
 pub mod duration;
@@ -46,5 +48,8 @@ pub mod overlay;
 pub mod profile;
 pub mod release;
 pub mod render;
+#[cfg(feature = "cluster")]
+pub mod replace;
 pub mod seed;
+pub mod table;
 pub mod version;
