@@ -120,6 +120,14 @@ pub struct VmArgs {
     /// Keep the per-run work directory (overlay disk, initrd, logs).
     #[arg(long)]
     pub keep_workdir: bool,
+    /// Use FILE as the disk's copy-on-write layer and keep it: created over --disk if missing,
+    /// used as it is if it exists (the same disk again, as a reprovisioned machine has it).
+    #[arg(long, value_name = "FILE", requires = "disk")]
+    pub disk_layer: Option<PathBuf>,
+    /// After every stage passed, keep the node running (the report is written first) until
+    /// SIGTERM or SIGINT, then stop QEMU (a power cut for the guest) and exit 0.
+    #[arg(long)]
+    pub keep_running: bool,
     /// Extra kernel command-line arguments, appended.
     #[arg(long, value_name = "ARGS")]
     pub append: Option<String>,

@@ -71,6 +71,9 @@ pub fn check(cfg: &FleetConfig, cores: usize) -> Result<(), String> {
             return Err(format!("--node {}: the name is given twice", n.name));
         }
     }
+    if cfg.vm.disk_layer.is_some() || cfg.vm.keep_running {
+        return Err("--disk-layer and --keep-running are for one node: use `test-vm boot`".into());
+    }
     let at_once = (cfg.parallel as usize).min(cfg.nodes.len());
     let vcpus = at_once * cfg.vm.cpus as usize;
     if vcpus > cores && !cfg.overcommit {

@@ -2,7 +2,8 @@
 //!
 //! Exit codes: 0 every stage (of every node) passed; 1 a stage failed; 2 usage error; 3 the
 //! run could not be set up (missing file, QEMU not startable); 130 interrupted by a signal.
-//! A fleet exits 1 when any node failed or could not be set up. `control-plane`: see
+//! A fleet exits 1 when any node failed or could not be set up. `boot --keep-running` exits 0
+//! when a signal stops the node it kept running after a pass. `control-plane`: see
 //! [`control_plane`].
 
 use std::process::ExitCode;
@@ -40,6 +41,25 @@ fn main() -> ExitCode {
             };
             let r = &outcome.report;
             let written = report::emit(r, cfg.json.as_deref(), cfg.junit.as_deref(), "");
+            if let Some(mut vm) = outcome.kept {
+                // --keep-running: the report is out; the node runs until a signal says stop.
+                eprintln!("test-vm: the node keeps running (QEMU pid {}); stop it with SIGTERM or Ctrl-C", vm.pid());
+                while !interrupt.is_set() {
+                    match vm.try_wait() {
+                        Ok(None) => std::thread::sleep(std::time::Duration::from_millis(200)),
+                        Ok(Some(status)) => {
+                            eprintln!("test-vm: QEMU exited ({status}) while the node was to keep running");
+                            return ExitCode::from(1);
+                        }
+                        Err(e) => {
+                            eprintln!("test-vm: error: {e:#}");
+                            return ExitCode::from(1);
+                        }
+                    }
+                }
+                vm.kill();
+                return if written { ExitCode::SUCCESS } else { ExitCode::from(1) };
+            }
             if outcome.interrupted {
                 ExitCode::from(130)
             } else if r.verdict == Verdict::Pass && written {

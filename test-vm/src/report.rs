@@ -215,28 +215,7 @@ pub fn junit(suites: &[(String, Option<&Report>, String)]) -> String {
     x
 }
 
-/// Lay out rows the way kubectl's tabwriter does (minimum width 6, padding 3, the last
-/// column unpadded, trailing blanks trimmed).
-pub fn table(rows: &[Vec<String>]) -> String {
-    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..columns)
-        .map(|c| (rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0) + 3).max(6))
-        .collect();
-    let mut out = String::new();
-    for row in rows {
-        let mut line = String::new();
-        for (c, cell) in row.iter().enumerate() {
-            if c + 1 == row.len() {
-                line.push_str(cell);
-            } else {
-                line.push_str(&format!("{cell:<w$}", w = widths[c]));
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
-}
+pub use nodeforge::table::table;
 
 /// Escape for XML text and attributes, dropping characters XML 1.0 cannot carry at all
 /// (serial consoles are full of control characters).
@@ -330,13 +309,6 @@ mod tests {
         assert!(x.contains("<error message=\"n2: the seed image /s does not exist\">"), "{x}");
         assert_eq!(x.matches("<testsuite ").count(), 2);
         assert_eq!(x.matches("</testsuite>").count(), 2);
-    }
-
-    #[test]
-    fn tables_pad_like_tabwriter() {
-        let t =
-            table(&[vec!["A".into(), "LONGER-HEADER".into(), "Z".into()], vec!["x".into(), "y".into(), "zz".into()]]);
-        assert_eq!(t, "A     LONGER-HEADER   Z\nx     y               zz\n");
     }
 
     #[test]

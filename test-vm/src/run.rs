@@ -44,6 +44,8 @@ pub struct Outcome {
     pub report: Report,
     /// A signal ended the run.
     pub interrupted: bool,
+    /// The node, still running (`--keep-running` after a pass): stopped when dropped.
+    pub kept: Option<Qemu>,
 }
 
 /// Files of one run. Removed afterwards unless kept; a failed run keeps its logs (but not
@@ -124,7 +126,7 @@ pub fn boot(cfg: &BootConfig, interrupt: &Interrupt) -> Result<Outcome> {
         kernel: cfg.vm.kernel.clone(),
         initrd: run_initrd,
         cmdline: cfg.vm.cmdline(),
-        disk: cfg.vm.disk.as_ref().map(|_| work.join("run.qcow2")),
+        disk: cfg.vm.disk.as_ref().map(|_| cfg.vm.disk_layer.clone().unwrap_or_else(|| work.join("run.qcow2"))),
         seed: Some(cfg.seed.clone()),
         memory_mib: cfg.vm.memory,
         cpus: cfg.vm.cpus,
@@ -141,9 +143,13 @@ pub fn boot(cfg: &BootConfig, interrupt: &Interrupt) -> Result<Outcome> {
     let mut used = None;
     let mut qemu_command = String::new();
     let mut interrupted = false;
+    // A --disk-layer that exists is the machine's disk as it was left: used as it is. (An
+    // abandoned KVM attempt never ran the guest, so it wrote nothing to it.)
+    let reused_layer = cfg.vm.disk_layer.as_ref().is_some_and(|l| l.exists());
+    let mut kept = None;
     for (i, &accel) in plan.iter().enumerate() {
         let probing = i + 1 < plan.len();
-        if let (Some(base), Some(overlay)) = (&cfg.vm.disk, &guest.disk) {
+        if let (Some(base), Some(overlay), false) = (&cfg.vm.disk, &guest.disk, reused_layer) {
             // A fresh overlay per attempt: an abandoned attempt may have written to its own.
             let _ = std::fs::remove_file(overlay);
             qemu::create_overlay(base, overlay)?;
@@ -157,8 +163,9 @@ pub fn boot(cfg: &BootConfig, interrupt: &Interrupt) -> Result<Outcome> {
             attempt(cfg, &args, &work, accel, probing, &mut tracker, run_start, deadline, join.as_ref(), interrupt)?;
         match end {
             AttemptEnd::Abandoned(reason) => attempts.push(AccelAttempt { accel, outcome: reason }),
-            AttemptEnd::Decided { interrupted: i } => {
+            AttemptEnd::Decided { interrupted: i, vm } => {
                 interrupted = i;
+                kept = vm;
                 attempts.push(AccelAttempt { accel, outcome: "used".into() });
                 used = Some(accel);
                 break;
@@ -192,7 +199,7 @@ pub fn boot(cfg: &BootConfig, interrupt: &Interrupt) -> Result<Outcome> {
             report.serial_log = PathBuf::new();
         }
     }
-    Ok(Outcome { report, interrupted })
+    Ok(Outcome { report, interrupted, kept })
 }
 
 /// The `join` stage's target, when `--kubeconfig` asks for it: the node's name (`--node-name`,
@@ -234,11 +241,20 @@ fn guest_join_error(tracker: &Tracker) -> Option<String> {
     stage.detail.get("kubeadm_join_error")?.as_str().map(str::to_owned)
 }
 
+/// QEMU handed back to the caller when the node passed and is to keep running.
+fn keep(vm: Qemu, cfg: &BootConfig, tracker: &Tracker) -> Option<Qemu> {
+    (cfg.vm.keep_running && tracker.passed()).then_some(vm)
+}
+
 enum AttemptEnd {
     /// Given up on this accelerator (only while probing); try the next.
     Abandoned(String),
     /// The stages reached a verdict (or a signal ended the run) under this accelerator.
-    Decided { interrupted: bool },
+    Decided {
+        interrupted: bool,
+        /// QEMU, still running: every stage passed and `--keep-running` asked to keep it.
+        vm: Option<Qemu>,
+    },
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -266,7 +282,7 @@ fn attempt(
     loop {
         if interrupt.is_set() {
             tracker.fail_current(now(), "interrupted by a signal", serde_json::Value::Null, None);
-            return Ok(AttemptEnd::Decided { interrupted: true });
+            return Ok(AttemptEnd::Decided { interrupted: true, vm: None });
         }
         // Read the exit status first: once QEMU is gone its output is complete, so the lines
         // read below are all there will be.
@@ -306,7 +322,7 @@ fn attempt(
             // The guest's kubeadm gave up already: no Node will come, say why at once.
             let msg = format!("kubeadm join failed on the node: {error}");
             tracker.fail_current(now(), &msg, serde_json::json!({"kubeadm_join_error": error}), None);
-            return Ok(AttemptEnd::Decided { interrupted: false });
+            return Ok(AttemptEnd::Decided { interrupted: false, vm: keep(vm, cfg, tracker) });
         }
         if let Some(spec) = join.filter(|_| tracker.host_stage_due()) {
             // The guest is up and the agent is done: QEMU keeps running while the harness
@@ -331,10 +347,10 @@ fn attempt(
             } else {
                 tracker.fail_current(now(), &r.message, r.detail, None);
             }
-            return Ok(AttemptEnd::Decided { interrupted: interrupt.is_set() });
+            return Ok(AttemptEnd::Decided { interrupted: interrupt.is_set(), vm: keep(vm, cfg, tracker) });
         }
         if tracker.finished() {
-            return Ok(AttemptEnd::Decided { interrupted: false });
+            return Ok(AttemptEnd::Decided { interrupted: false, vm: keep(vm, cfg, tracker) });
         }
         if probing {
             match accel::probe(
@@ -359,7 +375,7 @@ fn attempt(
                 msg.push_str(&format!("; QEMU said: {qemu_said}"));
             }
             tracker.fail_current(now(), &msg, serde_json::Value::Null, None);
-            return Ok(AttemptEnd::Decided { interrupted: false });
+            return Ok(AttemptEnd::Decided { interrupted: false, vm: keep(vm, cfg, tracker) });
         }
         if let Some((msg, since)) = &doomed
             && since.elapsed() >= DOOMED_GRACE
@@ -373,7 +389,7 @@ fn attempt(
             tracker.fail_current(now(), &msg, serde_json::Value::Null, None);
         }
         if tracker.finished() {
-            return Ok(AttemptEnd::Decided { interrupted: false });
+            return Ok(AttemptEnd::Decided { interrupted: false, vm: keep(vm, cfg, tracker) });
         }
         if !progressed {
             std::thread::sleep(POLL);

@@ -304,6 +304,56 @@ fn stop_leaves_no_process_and_a_fresh_start_works() {
     assert_eq!(processes_under(&second), Vec::<String>::new());
 }
 
+/// `nodeforge replace` against the real API server, where no node is needed to tell the
+/// failure: a node that does not exist (exit 2), credentials the API server accepts but RBAC
+/// grants nothing (a client certificate kubeadm signs for an unknown user: exit 16), and an
+/// API server that is not there (exit 15). Each message names what went wrong.
+#[test]
+fn replace_refuses_a_missing_node_a_forbidden_user_and_an_unreachable_cluster() {
+    let _serial = one_at_a_time();
+    let tmp = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(&config(&bin_dir(), &tmp.path().join("cp"))).unwrap();
+    let info = cp.info();
+    let nodeforge = Path::new(env!("CARGO_BIN_EXE_test-vm")).with_file_name("nodeforge");
+    assert!(nodeforge.is_file(), "run `cargo build --workspace` first (make test does)");
+    let replace = |kubeconfig: &Path, node: &str| {
+        let o = Command::new(&nodeforge)
+            .args(["replace", "--node", node, "--expect-runtime", "containerd://2.2.9", "--reprovision-cmd", "false"])
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .env_remove("KUBECONFIG")
+            .output()
+            .unwrap();
+        (o.status.code(), String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+
+    let (code, err) = replace(&info.admin_kubeconfig, "no-such-node");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("there is no node `no-such-node`"), "{err}");
+
+    // A user of the cluster's CA whom RBAC grants nothing.
+    let out = Command::new(bin_dir().join("kubeadm"))
+        .args(["kubeconfig", "user", "--client-name", "nodeforge-test-nobody", "--config"])
+        .arg(info.dir.join("kubeadm.yaml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "kubeadm kubeconfig user: {}", String::from_utf8_lossy(&out.stderr));
+    let nobody = String::from_utf8(out.stdout).unwrap().replace(&info.server, &info.host_server);
+    let nobody_file = tmp.path().join("nobody.conf");
+    fs::write(&nobody_file, nobody).unwrap();
+    let (code, err) = replace(&nobody_file, "any-node");
+    assert_eq!(code, Some(16), "{err}");
+    assert!(err.contains("forbidden") && err.contains("nodeforge-test-nobody"), "{err}");
+
+    // Nothing listens on port 1 of the loopback.
+    let admin = fs::read_to_string(&info.admin_kubeconfig).unwrap();
+    let gone_file = tmp.path().join("gone.conf");
+    fs::write(&gone_file, admin.replace(&info.host_server, "https://127.0.0.1:1")).unwrap();
+    let (code, err) = replace(&gone_file, "any-node");
+    assert_eq!(code, Some(15), "{err}");
+    assert!(err.contains("cannot reach the API server at https://127.0.0.1:1"), "{err}");
+}
+
 /// A bin dir with the real programs, except kube-apiserver: `script`.
 fn bins_with_fake_apiserver(tmp: &Path, script: &str) -> PathBuf {
     let bins = tmp.join("bin");

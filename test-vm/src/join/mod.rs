@@ -28,7 +28,7 @@ pub const JOIN_STAGE: &str = "join";
 /// Time between two GETs of the Node.
 pub const POLL: Duration = Duration::from_secs(2);
 /// One request's limit (connect, send, answer).
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub const REQUEST_TIMEOUT: Duration = nodeforge::cluster::REQUEST_TIMEOUT;
 /// How long the API server may stay unreachable (connection refused, no route, TLS failure)
 /// before the stage gives up, even if its own limit is longer: a wrong server address should
 /// not cost the whole join timeout, while an API server restarting still gets some grace.
@@ -64,55 +64,7 @@ impl JoinResult {
     }
 }
 
-/// The Node's runtime is the built one. kubelet reports `containerd://` + CRI's
-/// `runtime_version`, which upstream release builds give without a `v`; a build that keeps
-/// the `v` (`containerd://v1.6.20`) is the same version and is accepted too.
-pub fn runtime_matches(expected: &str, got: &str) -> bool {
-    if got == expected {
-        return true;
-    }
-    match expected.split_once("://") {
-        Some((runtime, version)) if !version.starts_with('v') => got == format!("{runtime}://v{version}"),
-        _ => false,
-    }
-}
-
-/// kubectl's short age (`HumanDuration` in k8s.io/apimachinery): `45s`, `3m20s`, `15m`,
-/// `5h3m`, `2d4h`, `30d`, `2y100d`.
-pub fn human_duration(seconds: i64) -> String {
-    if seconds < -1 {
-        return "<invalid>".into();
-    }
-    let s = seconds.max(0);
-    if s < 120 {
-        return format!("{s}s");
-    }
-    let minutes = s / 60;
-    if minutes < 10 {
-        return if s % 60 == 0 { format!("{minutes}m") } else { format!("{minutes}m{}s", s % 60) };
-    }
-    if minutes < 3 * 60 {
-        return format!("{minutes}m");
-    }
-    let hours = minutes / 60;
-    if hours < 8 {
-        return if minutes % 60 == 0 { format!("{hours}h") } else { format!("{hours}h{}m", minutes % 60) };
-    }
-    if hours < 48 {
-        return format!("{hours}h");
-    }
-    if hours < 24 * 8 {
-        return if hours % 24 == 0 { format!("{}d", hours / 24) } else { format!("{}d{}h", hours / 24, hours % 24) };
-    }
-    if hours < 24 * 365 * 2 {
-        return format!("{}d", hours / 24);
-    }
-    if hours < 24 * 365 * 8 {
-        let days = (hours / 24) % 365;
-        return if days == 0 { format!("{}y", hours / 24 / 365) } else { format!("{}y{days}d", hours / 24 / 365) };
-    }
-    format!("{}y", hours / 24 / 365)
-}
+pub use nodeforge::cluster::{human_duration, runtime_matches};
 
 /// Wait for the Node: see the module documentation. `stop` is asked between requests and
 /// returns why to give up (a signal, QEMU exited).
@@ -134,11 +86,11 @@ pub fn wait_for_node(_spec: &JoinSpec, _stop: &mut dyn FnMut() -> Option<String>
 
 #[cfg(feature = "join")]
 mod api {
-    use std::time::{Instant, SystemTime, UNIX_EPOCH};
+    use std::time::{Instant, SystemTime};
 
-    use k8s_openapi::api::core::v1::{Node, NodeCondition, Pod};
-    use kube::config::{KubeConfigOptions, Kubeconfig};
-    use kube::{Api, Client, Config};
+    use k8s_openapi::api::core::v1::{Node, Pod};
+    use kube::{Api, Client};
+    use nodeforge::cluster::{chain, ready_condition, row, runtime_version};
 
     use super::*;
 
@@ -293,45 +245,10 @@ mod api {
         }
     }
 
-    /// The client for the kubeconfig's current context: its server (http:// or https://,
-    /// with the kubeconfig's CA, client certificate or token), with bounded timeouts.
+    /// The client for the kubeconfig's current context, with bounded timeouts.
     async fn connect(spec: &JoinSpec) -> Result<(Api<Node>, Client, String), String> {
-        let path = &spec.kubeconfig;
-        let kc = Kubeconfig::read_from(path)
-            .map_err(|e| format!("reading the kubeconfig {}: {}", path.display(), chain(&e)))?;
-        let mut config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-            .await
-            .map_err(|e| format!("the kubeconfig {}: {}", path.display(), chain(&e)))?;
-        config.connect_timeout = Some(REQUEST_TIMEOUT);
-        config.read_timeout = Some(REQUEST_TIMEOUT);
-        config.write_timeout = Some(REQUEST_TIMEOUT);
-        let server = config.cluster_url.to_string().trim_end_matches('/').to_owned();
-        let client = Client::try_from(config)
-            .map_err(|e| format!("a client for {server} from {}: {}", path.display(), chain(&e)))?;
+        let (client, server) = nodeforge::cluster::connect(&spec.kubeconfig).await?;
         Ok((Api::all(client.clone()), client, server))
-    }
-
-    /// An error with its causes, as `a: b: c`, without repeating a cause its parent quoted.
-    fn chain(e: &dyn std::error::Error) -> String {
-        let mut out = e.to_string();
-        let mut cur = e.source();
-        while let Some(s) = cur {
-            let part = s.to_string();
-            if !out.contains(&part) {
-                out.push_str(": ");
-                out.push_str(&part);
-            }
-            cur = s.source();
-        }
-        out
-    }
-
-    fn ready_condition(node: &Node) -> Option<&NodeCondition> {
-        node.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "Ready")
-    }
-
-    fn runtime_version(node: &Node) -> &str {
-        node.status.as_ref().and_then(|s| s.node_info.as_ref()).map_or("", |i| i.container_runtime_version.as_str())
     }
 
     fn record(node: &Node, detail: &mut serde_json::Value) {
@@ -342,142 +259,5 @@ mod api {
             detail["container_runtime_version"] = json!(info.container_runtime_version);
             detail["kubelet_version"] = json!(info.kubelet_version);
         }
-    }
-
-    /// `kubectl get node NAME -o wide`: the header and the node's row.
-    pub(crate) fn row(node: &Node, now: SystemTime) -> String {
-        let none = || "<none>".to_owned();
-        let unknown = |s: &str| if s.is_empty() { "<unknown>".to_owned() } else { s.to_owned() };
-        let status = node.status.clone().unwrap_or_default();
-        let info = status.node_info.clone().unwrap_or_default();
-        let mut state = match ready_condition(node) {
-            Some(c) if c.status == "True" => "Ready".to_owned(),
-            Some(_) => "NotReady".to_owned(),
-            None => "Unknown".to_owned(),
-        };
-        if node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true) {
-            state.push_str(",SchedulingDisabled");
-        }
-        let mut roles: Vec<String> = Vec::new();
-        for (k, v) in node.metadata.labels.iter().flatten() {
-            if let Some(role) = k.strip_prefix("node-role.kubernetes.io/") {
-                if !role.is_empty() {
-                    roles.push(role.to_owned());
-                }
-            } else if k == "kubernetes.io/role" && !v.is_empty() {
-                roles.push(v.clone());
-            }
-        }
-        roles.sort();
-        roles.dedup();
-        let roles = if roles.is_empty() { none() } else { roles.join(",") };
-        let age = match &node.metadata.creation_timestamp {
-            Some(t) => {
-                let now = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
-                human_duration(now - t.0.as_second())
-            }
-            None => "<unknown>".to_owned(),
-        };
-        let address = |kind: &str| {
-            status.addresses.iter().flatten().find(|a| a.type_ == kind).map_or_else(none, |a| a.address.clone())
-        };
-        let header = "NAME STATUS ROLES AGE VERSION INTERNAL-IP EXTERNAL-IP OS-IMAGE KERNEL-VERSION CONTAINER-RUNTIME";
-        let values = vec![
-            node.metadata.name.clone().unwrap_or_default(),
-            state,
-            roles,
-            age,
-            info.kubelet_version.clone(),
-            address("InternalIP"),
-            address("ExternalIP"),
-            unknown(&info.os_image),
-            unknown(&info.kernel_version),
-            unknown(&info.container_runtime_version),
-        ];
-        crate::report::table(&[header.split(' ').map(str::to_owned).collect(), values])
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-
-        fn node(json: serde_json::Value) -> Node {
-            serde_json::from_value(json).unwrap()
-        }
-
-        #[test]
-        fn the_row_is_kubectls() {
-            let n = node(json!({
-                "metadata": {"name": "worker-1", "creationTimestamp": "2026-11-27T10:00:00Z",
-                    "labels": {"node-role.kubernetes.io/worker": "", "node-role.kubernetes.io/infra": "",
-                               "kubernetes.io/hostname": "worker-1"}},
-                "spec": {"unschedulable": true},
-                "status": {
-                    "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "ok"}],
-                    "addresses": [{"type": "Hostname", "address": "worker-1"}, {"type": "InternalIP", "address": "10.0.2.15"}],
-                    "nodeInfo": {"kubeletVersion": "v1.30.2", "osImage": "Debian GNU/Linux 12 (bookworm)",
-                        "kernelVersion": "6.1.0-27-amd64", "containerRuntimeVersion": "containerd://1.6.20",
-                        "machineID": "", "systemUUID": "", "bootID": "", "kubeProxyVersion": "",
-                        "operatingSystem": "linux", "architecture": "amd64"}}
-            }));
-            let now = UNIX_EPOCH + Duration::from_secs(1_795_773_600 + 3 * 3600 + 25 * 60);
-            let text = row(&n, now);
-            let lines: Vec<&str> = text.lines().collect();
-            assert_eq!(
-                lines[0],
-                "NAME       STATUS                     ROLES          AGE     VERSION   INTERNAL-IP   EXTERNAL-IP   OS-IMAGE                         KERNEL-VERSION   CONTAINER-RUNTIME"
-            );
-            assert_eq!(
-                lines[1],
-                "worker-1   Ready,SchedulingDisabled   infra,worker   3h25m   v1.30.2   10.0.2.15     <none>        Debian GNU/Linux 12 (bookworm)   6.1.0-27-amd64   containerd://1.6.20"
-            );
-            let bare = node(json!({"metadata": {"name": "n"}, "status": {}}));
-            let text = row(&bare, now);
-            let cells: Vec<&str> = text.lines().nth(1).unwrap().split_whitespace().collect();
-            assert_eq!(
-                cells,
-                ["n", "Unknown", "<none>", "<unknown>", "<none>", "<none>", "<unknown>", "<unknown>", "<unknown>"]
-            );
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ages_read_like_kubectl() {
-        let cases = [
-            (-5, "<invalid>"),
-            (-1, "0s"),
-            (59, "59s"),
-            (119, "119s"),
-            (120, "2m"),
-            (200, "3m20s"),
-            (600, "10m"),
-            (179 * 60 + 59, "179m"),
-            (3 * 3600, "3h"),
-            (5 * 3600 + 3 * 60, "5h3m"),
-            (47 * 3600, "47h"),
-            (2 * 86400 + 4 * 3600, "2d4h"),
-            (3 * 86400, "3d"),
-            (30 * 86400, "30d"),
-            (2 * 365 * 86400 + 100 * 86400, "2y100d"),
-            (9 * 365 * 86400, "9y"),
-        ];
-        for (secs, want) in cases {
-            assert_eq!(human_duration(secs), want, "{secs} s");
-        }
-    }
-
-    #[test]
-    fn runtime_versions() {
-        assert!(runtime_matches("containerd://1.6.20", "containerd://1.6.20"));
-        assert!(runtime_matches("containerd://1.6.20", "containerd://v1.6.20"));
-        assert!(!runtime_matches("containerd://1.6.20", "containerd://1.7.27"));
-        assert!(!runtime_matches("containerd://1.6.20", "docker://1.6.20"));
-        assert!(!runtime_matches("containerd://1.6.20", "containerd://1.6.20~ds1"));
-        assert!(!runtime_matches("containerd://1.6.20", ""));
     }
 }
