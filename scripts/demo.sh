@@ -67,7 +67,16 @@ rm -rf "$cp_dir" "$out/control-plane.json"
 cp_pid=$!
 # Stop the control plane however this script ends (and the mirror server, which
 # serve-mirror.sh's own trap stopped until now).
-trap 'kill "$cp_pid" 2>/dev/null; wait "$cp_pid" 2>/dev/null; kill "$mirror_server_pid" 2>/dev/null; rm -f "$portfile"' EXIT
+# The trap keeps the script's own exit status (the control plane exits 130 on SIGTERM).
+stop_all() {
+	local rc=$?
+	[[ -z "${boot_pid:-}" ]] || kill "$boot_pid" 2>/dev/null || true
+	kill "$cp_pid" "$mirror_server_pid" 2>/dev/null || true
+	wait 2>/dev/null || true
+	rm -f "$portfile"
+	exit "$rc"
+}
+trap stop_all EXIT
 for _ in $(seq 240); do
 	[[ -f "$out/control-plane.json" ]] && break
 	kill -0 "$cp_pid" 2>/dev/null || { echo "demo: the control plane did not start (see above)" >&2; exit 1; }
@@ -84,12 +93,21 @@ rm -rf "$out/seed"
 	--join-endpoint "$endpoint" --token-file "$(field token_file)" --ca-cert-hash "$(field ca_cert_hash)"
 
 say "test-vm boot: the built disk under QEMU, checked stage by stage, then the join"
+# --keep-running: the node stays up after its verdict, so the API server shows it live below.
+rm -f "$out/node/boot.json"
 "$tvm" boot --accel auto --kernel "$out/node/vmlinuz" --initrd "$out/node/initrd.img" \
-	--disk "$out/node/disk.qcow2" --seed "$out/seed/seed.img" --kubeconfig "$kubeconfig" \
-	--json "$out/node/boot.json" --junit "$out/node/boot.junit.xml" --serial-log "$out/node/serial.log"
+	--disk "$out/node/disk.qcow2" --seed "$out/seed/seed.img" --kubeconfig "$kubeconfig" --keep-running \
+	--json "$out/node/boot.json" --junit "$out/node/boot.junit.xml" --serial-log "$out/node/serial.log" &
+boot_pid=$!
+while [[ ! -f "$out/node/boot.json" ]] && kill -0 "$boot_pid" 2>/dev/null; do sleep 1; done
+python3 -c 'import json, sys; sys.exit(json.load(open(sys.argv[1]))["verdict"] != "pass")' "$out/node/boot.json" 2>/dev/null ||
+	{ wait "$boot_pid" || true; echo "demo: the node failed (report: $out/node/boot.json)" >&2; exit 1; }
 
-say "kubectl get node -o wide (the real API server)"
+say "kubectl get node -o wide (the real API server, the node still running)"
 "$UPSTREAM_BIN_DIR/kubectl" --kubeconfig "$kubeconfig" get node demo-node -o wide
+kill "$boot_pid"
+wait "$boot_pid" || { echo "demo: test-vm did not stop cleanly" >&2; exit 1; }
+boot_pid=
 
 printf '\nartifacts in %s: %s\n' "$out/node" "$(cd "$out/node" && echo *)"
 printf 'verdict: the node came up on containerd, ran a pod, and joined the cluster as containerd://%s (%s s; details: %s)\n' \

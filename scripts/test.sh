@@ -28,6 +28,9 @@ cargo build --workspace --locked
 step "make demo (the README's main command: the bundle node built, booted, joined to a real control plane)"
 bash scripts/demo.sh
 
+step "the replace demo (scripts/replace-demo.sh: a node drained, reprovisioned on containerd 2.x, uncordoned)"
+bash scripts/replace-demo.sh
+
 step "cargo test (unit, integration, real consumers, images booted in QEMU)"
 cargo test --workspace --locked --no-fail-fast
 

@@ -1,0 +1,197 @@
+#!/usr/bin/env bash
+# The seed's migration done by replacing the node, for real, against a real control plane:
+#   1. a node `worker` boots the containerd 1.6 image (the bundle) and joins; a workload pod
+#      bound to it runs;
+#   2. `nodeforge replace` refuses what it must refuse, leaving the node cordoned: a
+#      PodDisruptionBudget that blocks the eviction (exit 10), and an unmanaged pod without
+#      --force (exit 11);
+#   3. `nodeforge replace --force` drains it through the Eviction API and runs the
+#      reprovision step: the same machine, the same disk, booted again with a seed that
+#      carries a new instance-id and the containerd 2.x image's overlay, so first boot runs
+#      again, resets the old kubelet and joins; replace waits until the Node is back Ready
+#      from the new boot as containerd://2.x, uncordons it and prints before and after;
+#   4. a new pod bound to the node runs to Succeeded.
+# Everything goes under NODEFORGE_REPLACE_DIR (default out/replace); the mirror, base and
+# image builds are the cached ones `make demo` uses. `make test` runs this script.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${NODEFORGE_REPLACE_DIR:-out/replace}
+mkdir -p "$out"
+out=$(realpath "$out")
+say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+start=$SECONDS
+
+say "building nodeforge and test-vm (the dev profile make test uses)"
+cargo build --locked -q --workspace
+bin=${CARGO_TARGET_DIR:-$PWD/target}/debug
+nf=$bin/nodeforge
+tvm=$bin/test-vm
+
+say "the release mirror and the base (cached)"
+bash fixtures/standin/build-standin.sh "$out/mirror" >/dev/null
+# shellcheck source=/dev/null
+. "$out/mirror/upstream.env"
+kubectl=$UPSTREAM_BIN_DIR/kubectl
+bash fixtures/base/build-base.sh "$out/base" >/dev/null
+. scripts/serve-mirror.sh "$out/mirror"
+
+say "the containerd 1.6 image, and the containerd $UPSTREAM_CONTAINERD_VERSION build whose overlay replaces it"
+NODEFORGE_CACHE_DIR="$out/cache" "$nf" image --profile "$out/mirror/standin.toml" --mirror "$mirror" \
+	--base "$out/base/rootfs.tar" --out "$out/image-1.6" >/dev/null
+NODEFORGE_CACHE_DIR="$out/cache" "$nf" build --profile "$out/mirror/standin-components.toml" --mirror "$mirror" \
+	--out "$out/build-2x" >/dev/null
+
+say "a real control plane on 127.0.0.1"
+rm -rf "$out/control-plane" "$out/control-plane.json" "$out/worker.qcow2" "$out"/boot-*.json "$out"/*.pid
+"$tvm" control-plane --bin-dir "$UPSTREAM_BIN_DIR" --dir "$out/control-plane" --ready-file "$out/control-plane.json" \
+	>"$out/control-plane.log" 2>&1 &
+cp_pid=$!
+# The trap keeps the script's own exit status (the control plane exits 130 on SIGTERM).
+stop_all() {
+	local rc=$? f
+	for f in "$out"/boot-*.pid; do [[ -f "$f" ]] && { kill "$(cat "$f")" 2>/dev/null || true; }; done
+	kill "$cp_pid" "$mirror_server_pid" 2>/dev/null || true
+	wait 2>/dev/null || true
+	rm -f "$portfile"
+	exit "$rc"
+}
+trap stop_all EXIT
+for _ in $(seq 240); do
+	[[ -f "$out/control-plane.json" ]] && break
+	kill -0 "$cp_pid" 2>/dev/null || { cat "$out/control-plane.log" >&2; exit 1; }
+	sleep 0.5
+done
+[[ -f "$out/control-plane.json" ]] || { echo "replace-demo: no control plane after 120 s" >&2; exit 1; }
+field() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$out/control-plane.json" "$1"; }
+kc=$(field admin_kubeconfig)
+join=(--join-endpoint "$(field endpoint)" --token-file "$(field token_file)" --ca-cert-hash "$(field ca_cert_hash)")
+k() { "$kubectl" --kubeconfig "$kc" "$@"; }
+
+# boot NAME SEED MANIFEST [test-vm flags...]: the node `worker` on the one disk layer, kept
+# running after its stages pass; returns once its report is written.
+boot() {
+	local name=$1 seed=$2 manifest=$3
+	shift 3
+	"$tvm" boot --accel tcg --kernel "$out/image-1.6/vmlinuz" --initrd "$out/image-1.6/initrd.img" \
+		--disk "$out/image-1.6/disk.qcow2" --disk-layer "$out/worker.qcow2" --manifest "$manifest" \
+		--seed "$seed" --keep-running --json "$out/boot-$name.json" --serial-log "$out/serial-$name.log" \
+		--timeout 1200 "$@" >"$out/boot-$name.log" 2>&1 &
+	echo $! >"$out/boot-$name.pid"
+	for _ in $(seq 1200); do
+		[[ -f "$out/boot-$name.json" ]] && break
+		kill -0 "$(cat "$out/boot-$name.pid")" 2>/dev/null || break
+		sleep 1
+	done
+	tail -n 14 "$out/boot-$name.log"
+	python3 -c 'import json, sys; sys.exit(json.load(open(sys.argv[1]))["verdict"] != "pass")' "$out/boot-$name.json" 2>/dev/null ||
+		{ echo "replace-demo: boot $name failed (see $out/boot-$name.log)" >&2; exit 1; }
+}
+
+say "worker: the containerd 1.6 node boots and joins"
+"$nf" seed --profile "$out/mirror/standin.toml" --node worker --out "$out/seed-1" "${join[@]}" >/dev/null
+boot 1 "$out/seed-1/seed.img" "$out/image-1.6/manifest.json" --kubeconfig "$kc"
+
+say "a workload pod bound to worker"
+k apply -f - <<'YAML'
+apiVersion: v1
+kind: Pod
+metadata: {name: workload, namespace: default, labels: {app: workload}}
+spec:
+  nodeName: worker
+  automountServiceAccountToken: false
+  terminationGracePeriodSeconds: 5
+  tolerations: [{operator: Exists}]
+  containers:
+  - name: app
+    image: nodeforge.test/busybox:1
+    imagePullPolicy: Never
+    command: ["/bin/sh", "-c", "trap 'exit 0' TERM; sleep 100000 & wait"]
+YAML
+k wait --for=condition=Ready pod/workload --timeout=180s
+k get node -o wide
+
+say "nodeforge replace must refuse: a PodDisruptionBudget blocks the eviction (exit 10)"
+k apply -f - <<'YAML'
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata: {name: workload-budget, namespace: default}
+spec: {minAvailable: 1, selector: {matchLabels: {app: workload}}}
+YAML
+rc=0
+"$nf" replace --kubeconfig "$kc" --node worker --expect-runtime "containerd://$UPSTREAM_CONTAINERD_VERSION" \
+	--force --drain-timeout 10s --reprovision-cmd false || rc=$?
+[[ $rc -eq 10 ]] || { echo "replace-demo: expected exit 10, got $rc" >&2; exit 1; }
+[[ "$(k get node worker -o 'jsonpath={.spec.unschedulable}')" == true ]] ||
+	{ echo "replace-demo: the node is not left cordoned" >&2; exit 1; }
+k delete pdb workload-budget
+
+say "nodeforge replace must refuse: an unmanaged pod without --force (exit 11)"
+rc=0
+"$nf" replace --kubeconfig "$kc" --node worker --expect-runtime "containerd://$UPSTREAM_CONTAINERD_VERSION" \
+	--reprovision-cmd false || rc=$?
+[[ $rc -eq 11 ]] || { echo "replace-demo: expected exit 11, got $rc" >&2; exit 1; }
+[[ "$(k get pod workload -o 'jsonpath={.status.phase}')" == Running ]] ||
+	{ echo "replace-demo: a refused drain evicted the workload" >&2; exit 1; }
+
+say "worker's next life: a seed with a new instance-id carrying the containerd $UPSTREAM_CONTAINERD_VERSION overlay"
+"$nf" seed --profile "$out/mirror/standin-components.toml" --node worker --instance-id worker-r2 \
+	--overlay "$out/build-2x/overlay.tar.gz" --out "$out/seed-2" "${join[@]}" >/dev/null
+cat >"$out/reprovision.sh" <<EOF
+#!/usr/bin/env bash
+# The reprovision step: power the machine off, boot it again on the same disk with the new seed.
+set -euo pipefail
+echo "reprovision: stopping \$NODEFORGE_NODE (test-vm pid \$(cat '$out/boot-1.pid'))"
+kill "\$(cat '$out/boot-1.pid')"; while kill -0 "\$(cat '$out/boot-1.pid')" 2>/dev/null; do sleep 0.2; done
+rm -f '$out/boot-1.pid'
+echo "reprovision: booting \$NODEFORGE_NODE on the same disk with seed-2 (first boot, new instance-id)"
+'$tvm' boot --accel tcg --kernel '$out/image-1.6/vmlinuz' --initrd '$out/image-1.6/initrd.img' \\
+	--disk '$out/image-1.6/disk.qcow2' --disk-layer '$out/worker.qcow2' --manifest '$out/build-2x/manifest.json' \\
+	--seed '$out/seed-2/seed.img' --keep-running --json '$out/boot-2.json' --serial-log '$out/serial-2.log' \\
+	--timeout 1800 --stage-timeout boot=900 --stage-timeout cloud-init=900 >'$out/boot-2.log' 2>&1 &
+echo \$! >'$out/boot-2.pid'
+# Return once the machine is up: test-vm's guest agent has checked the runtime (its probe pod
+# pauses the kubelet for a few seconds, which is no state to hand a node over in).
+while [ ! -f '$out/boot-2.json' ]; do
+	kill -0 "\$(cat '$out/boot-2.pid')" 2>/dev/null || { echo "reprovision: the boot failed" >&2; exit 1; }
+	sleep 1
+done
+python3 -c 'import json, sys; sys.exit(json.load(open(sys.argv[1]))["verdict"] != "pass")' '$out/boot-2.json' ||
+	{ tail -n 20 '$out/boot-2.log' >&2; exit 1; }
+EOF
+chmod +x "$out/reprovision.sh"
+
+say "nodeforge replace --force: drain, reprovision, wait, uncordon"
+"$nf" replace --kubeconfig "$kc" --node worker --expect-runtime "containerd://$UPSTREAM_CONTAINERD_VERSION" \
+	--force --timeout 20m --reprovision-cmd "$out/reprovision.sh" --json >"$out/replace.json"
+python3 - "$out/replace.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+head = ["", "NAME", "STATUS", "ROLES", "AGE", "VERSION", "INTERNAL-IP", "EXTERNAL-IP", "OS-IMAGE", "KERNEL-VERSION", "CONTAINER-RUNTIME"]
+rows = [head, ["before"] + r["before"]["row"], ["after"] + r["after"]["row"]]
+w = [max(len(row[i]) for row in rows) + 3 for i in range(len(head))]
+for row in rows:
+    print("".join(c.ljust(w[i]) for i, c in enumerate(row)).rstrip())
+print(f"drained: {', '.join(d['namespace'] + '/' + d['name'] + ' ' + d['verdict'] for d in r['drained'])}; "
+      f"total {r['total_ms'] / 1000:.0f} s (back Ready {r['wait_ms'] / 1000:.0f} s after the reprovision step)")
+PY
+
+say "a new pod on the replaced node runs to Succeeded"
+k apply -f - <<'YAML'
+apiVersion: v1
+kind: Pod
+metadata: {name: after-replace, namespace: default}
+spec:
+  nodeName: worker
+  restartPolicy: Never
+  automountServiceAccountToken: false
+  containers:
+  - name: hello
+    image: nodeforge.test/busybox:1
+    imagePullPolicy: Never
+    command: ["/bin/sh", "-c", "echo replaced"]
+YAML
+k wait --for=jsonpath='{.status.phase}'=Succeeded pod/after-replace --timeout=180s ||
+	{ k describe pod after-replace; k get events -A; tail -n 30 "$out/serial-2.log"; exit 1; }
+k get node worker -o wide
+printf '\nverdict: worker replaced: containerd 1.6 -> %s, drained, reprovisioned, Ready, uncordoned, running pods (%s s)\n' \
+	"$(k get node worker -o 'jsonpath={.status.nodeInfo.containerRuntimeVersion}')" "$((SECONDS - start))"
