@@ -17,7 +17,7 @@
 #   util-linux            setpriv --pdeathsig: QEMU dies with a SIGKILLed test-vm
 #   debootstrap           fixtures/base/build-base.sh builds the test-node base root tree
 #   e2fsprogs             `nodeforge image` (mkfs.ext4 -d, debugfs); e2fsck checks the disk
-#   gcc, pkg-config, libseccomp-dev (amd64, arm64), gcc-aarch64-linux-gnu
+#   gcc, pkg-config, libseccomp-dev (amd64, arm64), gcc-aarch64-linux-gnu, libc6-dev-arm64-cross
 #                         fixtures/upstream/build-upstream.sh builds runc with cgo and a static
 #                         libseccomp, natively and cross for arm64; the rest of the upstream
 #                         programs are pure Go (Go 1.26 comes with the build machines)
@@ -45,6 +45,9 @@ want sha256sum coreutils
 want cc gcc
 want pkg-config pkg-config
 want aarch64-linux-gnu-gcc gcc-aarch64-linux-gnu
+# The cross compiler's C library headers: only a Recommends of gcc-aarch64-linux-gnu, which
+# --no-install-recommends leaves out (cgo then fails with "bits/wordsize.h: No such file").
+[ -f /usr/aarch64-linux-gnu/include/stdio.h ] || need+=(libc6-dev-arm64-cross)
 [ -f /usr/lib/x86_64-linux-gnu/libseccomp.a ] || need+=(libseccomp-dev)
 want qemu-system-x86_64 qemu-system-x86
 want qemu-img qemu-utils

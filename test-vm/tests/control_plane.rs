@@ -25,10 +25,7 @@ mod upstream {
 }
 
 fn bin_dir() -> PathBuf {
-    match std::env::var_os("NODEFORGE_K8S_BIN_DIR") {
-        Some(d) if !d.is_empty() => PathBuf::from(d),
-        _ => upstream::upstream().bin.clone(),
-    }
+    upstream::bin_dir()
 }
 
 fn one_at_a_time() -> MutexGuard<'static, ()> {

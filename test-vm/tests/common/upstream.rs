@@ -25,3 +25,12 @@ pub fn upstream() -> &'static Upstream {
         Upstream { bin: dir.join("bin") }
     })
 }
+
+/// Where the host's Kubernetes programs are: `NODEFORGE_K8S_BIN_DIR` when set (programs built
+/// elsewhere), else the fixture's.
+pub fn bin_dir() -> std::path::PathBuf {
+    match std::env::var_os("NODEFORGE_K8S_BIN_DIR") {
+        Some(d) if !d.is_empty() => std::path::PathBuf::from(d),
+        _ => upstream().bin.clone(),
+    }
+}
