@@ -24,7 +24,7 @@ use std::process::{Child, Command, ExitStatus};
 
 use anyhow::{Context, Result};
 
-use crate::accel::Accel;
+use crate::accel::{self, Accel, Probe};
 use crate::protocol::AGENT_PORT;
 use crate::supervise;
 
@@ -83,6 +83,38 @@ fn file_chardev(id: &str, path: &Path) -> String {
 
 fn drive(id: &str, path: &Path, format: &str, extra: &str) -> String {
     format!("if=none,id={id},file={},format={format},{extra}", escape(path))
+}
+
+/// Boot only the firmware under KVM (no kernel, no disk, 64 MiB) and decide with
+/// [`accel::firmware_probe`] whether KVM runs guests here; `Err` carries the reason it does not.
+/// Takes at most [`accel::KVM_PROBE_LIMIT`] plus QEMU's start and kill. `work` holds the log.
+pub fn probe_kvm(program: &OsStr, work: &Path) -> std::result::Result<(), String> {
+    let log = work.join("kvm-probe-firmware.log");
+    let stderr_log = work.join("kvm-probe-qemu.log");
+    let mut args: Vec<OsString> = Vec::new();
+    for a in ["-machine", "q35", "-accel", "kvm", "-cpu", Accel::Kvm.cpu(), "-m", "64", "-smp", "1"] {
+        args.push(a.into());
+    }
+    for a in ["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"] {
+        args.push(a.into());
+    }
+    // SeaBIOS writes its log to the debug port 0x402.
+    args.extend(["-chardev".into(), file_chardev("fw0", &log).into()]);
+    args.extend(["-device".into(), "isa-debugcon,iobase=0x402,chardev=fw0".into()]);
+    let mut vm = Qemu::spawn(program, &args, &stderr_log).map_err(|e| format!("{e:#}"))?;
+    let started = std::time::Instant::now();
+    loop {
+        let exited = vm.try_wait().map_err(|e| format!("{e:#}"))?.is_some();
+        let text = std::fs::read(&log).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+        match accel::firmware_probe(started.elapsed(), &text, exited, accel::KVM_PROBE_LIMIT) {
+            Probe::Wait => std::thread::sleep(std::time::Duration::from_millis(20)),
+            Probe::Started => return Ok(()),
+            Probe::GiveUp(reason) => {
+                let qemu_said = crate::serial::tail_lines(&stderr_log, 3);
+                return Err(if qemu_said.is_empty() { reason } else { format!("{reason}; QEMU: {qemu_said}") });
+            }
+        }
+    }
 }
 
 /// Reports print QEMU's command line through this (it lives with the other child-process code).

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use nodeforge::io::Interrupt;
 
-use crate::accel::{self, Accel, Probe};
+use crate::accel::{self, Accel, AccelChoice, Probe};
 use crate::cli::BootConfig;
 use crate::expect::{expectations, profile_from_manifest};
 use crate::initrd;
@@ -137,9 +137,16 @@ pub fn boot(cfg: &BootConfig, interrupt: &Interrupt) -> Result<Outcome> {
         anyhow::ensure!(input.is_file(), "{} does not exist", input.display());
     }
 
-    let plan = accel::plan(cfg.vm.accel, accel::kvm_usable());
-    let deadline = run_start + Duration::from_secs(cfg.vm.timeout);
     let mut attempts = Vec::new();
+    let mut plan = accel::plan(cfg.vm.accel, accel::kvm_usable());
+    if cfg.vm.accel == AccelChoice::Auto && plan.len() > 1 {
+        // A KVM that opens but cannot run guests is found in ~1.5 s, not after --kvm-grace.
+        if let Err(reason) = qemu::probe_kvm(cfg.vm.qemu.as_os_str(), &work) {
+            attempts.push(AccelAttempt { accel: Accel::Kvm, outcome: format!("probe: {reason}") });
+            plan.retain(|&a| a != Accel::Kvm);
+        }
+    }
+    let deadline = run_start + Duration::from_secs(cfg.vm.timeout);
     let mut used = None;
     let mut qemu_command = String::new();
     let mut interrupted = false;

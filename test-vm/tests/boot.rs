@@ -226,9 +226,27 @@ fn auto_falls_back_to_tcg_when_kvm_stays_silent() {
         assert_eq!(attempts[0]["accel"], "kvm");
         assert_ne!(attempts[0]["outcome"], "used");
         eprintln!("kvm abandoned: {} (whole run {took:?})", attempts[0]["outcome"]);
+        assert!(attempts[0]["outcome"].as_str().unwrap().starts_with("probe: "), "the firmware probe, not the grace");
         assert!(r["stages"][0]["duration_ms"].as_u64().unwrap() < 30_000);
     } else {
         assert_eq!(r["accel"], "kvm", "KVM works here");
     }
     assert!(a.qemu_pids().is_empty());
+}
+
+/// The firmware-only KVM probe of `--accel auto` decides within 2 s, whether KVM works or not
+/// (here it does not: SeaBIOS stops half-way through its self test).
+#[test]
+fn the_kvm_probe_decides_within_two_seconds() {
+    if !test_vm::accel::kvm_usable() {
+        eprintln!("no usable /dev/kvm: auto never probes here");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let qemu = std::env::var_os("TEST_VM_QEMU").unwrap_or_else(|| "qemu-system-x86_64".into());
+    let start = Instant::now();
+    let verdict = test_vm::qemu::probe_kvm(&qemu, dir.path());
+    let took = start.elapsed();
+    eprintln!("kvm probe: {verdict:?} in {took:?}");
+    assert!(took < Duration::from_secs(2), "the KVM probe took {took:?}");
 }
