@@ -27,23 +27,15 @@ done
 rm -rf "$bench"
 mkdir -p "$bench"
 
-"$bin/test-vm" control-plane --bin-dir "$UPSTREAM_BIN_DIR" --dir "$bench/control-plane" \
-	--ready-file "$bench/control-plane.json" >"$bench/control-plane.log" 2>&1 &
-cp_pid=$!
-trap 'kill "$cp_pid" 2>/dev/null || true; wait 2>/dev/null || true' EXIT
-for _ in $(seq 240); do
-	[[ -f "$bench/control-plane.json" ]] && break
-	kill -0 "$cp_pid" 2>/dev/null || { cat "$bench/control-plane.log" >&2; exit 1; }
-	sleep 0.5
-done
-field() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$bench/control-plane.json" "$1"; }
+trap 'kill ${cp_pid:+"$cp_pid"} 2>/dev/null || true; wait 2>/dev/null || true' EXIT
+. scripts/control-plane.sh "$bin/test-vm" "$UPSTREAM_BIN_DIR" "$bench/control-plane" "$bench/control-plane.log"
 
 for i in $(seq "$runs"); do
 	for j in "${!dirs[@]}"; do
 		d=${dirs[$j]}
 		"$bin/nodeforge" seed --profile "$d/mirror/standin.toml" --node "bench-$j-$i" --out "$bench/seed-$j-$i" \
-			--join-endpoint "$(field endpoint)" --token-file "$(field token_file)" \
-			--ca-cert-hash "$(field ca_cert_hash)" >/dev/null
+			--join-endpoint "$(cp_field endpoint)" --token-file "$(cp_field token_file)" \
+			--ca-cert-hash "$(cp_field ca_cert_hash)" >/dev/null
 		"$bin/test-vm" boot --accel tcg --kernel "$d/node/vmlinuz" --initrd "$d/node/initrd.img" \
 			--disk "$d/node/disk.qcow2" --seed "$bench/seed-$j-$i/seed.img" --json "$bench/run-$j-$i.json" \
 			--stage-timeout boot=600 --stage-timeout cloud-init=300 \

@@ -61,36 +61,26 @@ say "its containerd config"
 tar -xzOf "$out/node/overlay.tar.gz" etc/containerd/config.toml
 
 say "a real control plane on 127.0.0.1 (guests reach it as 10.0.2.2)"
-cp_dir=$out/control-plane
-rm -rf "$cp_dir" "$out/control-plane.json"
-"$tvm" control-plane --bin-dir "$UPSTREAM_BIN_DIR" --dir "$cp_dir" --ready-file "$out/control-plane.json" &
-cp_pid=$!
-# Stop the control plane however this script ends (and the mirror server, which
-# serve-mirror.sh's own trap stopped until now).
-# The trap keeps the script's own exit status (the control plane exits 130 on SIGTERM).
+# Stop the control plane and the VM however this script ends (and the mirror server, which
+# serve-mirror.sh's own trap stopped until now), keeping the script's own exit status (the
+# control plane exits 130 on SIGTERM).
 stop_all() {
 	local rc=$?
 	[[ -z "${boot_pid:-}" ]] || kill "$boot_pid" 2>/dev/null || true
-	kill "$cp_pid" "$mirror_server_pid" 2>/dev/null || true
+	kill ${cp_pid:+"$cp_pid"} "$mirror_server_pid" 2>/dev/null || true
 	wait 2>/dev/null || true
 	rm -f "$portfile"
 	exit "$rc"
 }
 trap stop_all EXIT
-for _ in $(seq 240); do
-	[[ -f "$out/control-plane.json" ]] && break
-	kill -0 "$cp_pid" 2>/dev/null || { echo "demo: the control plane did not start (see above)" >&2; exit 1; }
-	sleep 0.5
-done
-[[ -f "$out/control-plane.json" ]] || { echo "demo: the control plane was not ready after 120 s" >&2; exit 1; }
-field() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$out/control-plane.json" "$1"; }
-endpoint=$(field endpoint)
-kubeconfig=$(field admin_kubeconfig)
+. scripts/control-plane.sh "$tvm" "$UPSTREAM_BIN_DIR" "$out/control-plane"
+endpoint=$(cp_field endpoint)
+kubeconfig=$(cp_field admin_kubeconfig)
 
 say "nodeforge seed: a node that joins the cluster on first boot"
 rm -rf "$out/seed"
 "$nf" seed --profile "$out/mirror/standin.toml" --node demo-node --out "$out/seed" \
-	--join-endpoint "$endpoint" --token-file "$(field token_file)" --ca-cert-hash "$(field ca_cert_hash)"
+	--join-endpoint "$endpoint" --token-file "$(cp_field token_file)" --ca-cert-hash "$(cp_field ca_cert_hash)"
 
 say "test-vm boot: the built disk under QEMU, checked stage by stage, then the join"
 # --keep-running: the node stays up after its verdict, so the API server shows it live below.

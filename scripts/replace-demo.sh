@@ -42,29 +42,20 @@ NODEFORGE_CACHE_DIR="$out/cache" "$nf" build --profile "$out/mirror/standin-comp
 	--out "$out/build-2x" >/dev/null
 
 say "a real control plane on 127.0.0.1"
-rm -rf "$out/control-plane" "$out/control-plane.json" "$out/worker.qcow2" "$out"/boot-*.json "$out"/*.pid
-"$tvm" control-plane --bin-dir "$UPSTREAM_BIN_DIR" --dir "$out/control-plane" --ready-file "$out/control-plane.json" \
-	>"$out/control-plane.log" 2>&1 &
-cp_pid=$!
+rm -f "$out/worker.qcow2" "$out"/boot-*.json "$out"/*.pid
 # The trap keeps the script's own exit status (the control plane exits 130 on SIGTERM).
 stop_all() {
 	local rc=$? f
 	for f in "$out"/boot-*.pid; do [[ -f "$f" ]] && { kill "$(cat "$f")" 2>/dev/null || true; }; done
-	kill "$cp_pid" "$mirror_server_pid" 2>/dev/null || true
+	kill ${cp_pid:+"$cp_pid"} "$mirror_server_pid" 2>/dev/null || true
 	wait 2>/dev/null || true
 	rm -f "$portfile"
 	exit "$rc"
 }
 trap stop_all EXIT
-for _ in $(seq 240); do
-	[[ -f "$out/control-plane.json" ]] && break
-	kill -0 "$cp_pid" 2>/dev/null || { cat "$out/control-plane.log" >&2; exit 1; }
-	sleep 0.5
-done
-[[ -f "$out/control-plane.json" ]] || { echo "replace-demo: no control plane after 120 s" >&2; exit 1; }
-field() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$out/control-plane.json" "$1"; }
-kc=$(field admin_kubeconfig)
-join=(--join-endpoint "$(field endpoint)" --token-file "$(field token_file)" --ca-cert-hash "$(field ca_cert_hash)")
+. scripts/control-plane.sh "$tvm" "$UPSTREAM_BIN_DIR" "$out/control-plane" "$out/control-plane.log"
+kc=$(cp_field admin_kubeconfig)
+join=(--join-endpoint "$(cp_field endpoint)" --token-file "$(cp_field token_file)" --ca-cert-hash "$(cp_field ca_cert_hash)")
 k() { "$kubectl" --kubeconfig "$kc" "$@"; }
 
 # boot NAME SEED MANIFEST [test-vm flags...]: the node `worker` on the one disk layer, kept
