@@ -12,9 +12,10 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::archive::ArtifactInfo;
+use crate::digest::Sha256Hex;
 use crate::output::write_atomic;
 use crate::overlay::{EntryKind, Origin, Overlay};
-use crate::profile::{LoadedProfile, Profile, Sha256Hex, redact_url_text};
+use crate::profile::{LoadedProfile, Profile, redact_url_text};
 
 pub const MANIFEST_NAME: &str = "manifest.json";
 pub const SHA256SUMS_NAME: &str = "SHA256SUMS";

@@ -11,10 +11,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use nodeforge::archive::{self, ArtifactInfo, CPIO_GZ_NAME, TAR_GZ_NAME};
+use nodeforge::digest::Sha256Hex;
 use nodeforge::io::Interrupt;
 use nodeforge::manifest::{self, Manifest};
 use nodeforge::overlay::{Content, EntryKind, Origin, Overlay};
-use nodeforge::profile::{LoadedProfile, Profile, Sha256Hex};
+use nodeforge::profile::{LoadedProfile, Profile};
 use nodeforge::seed::{self, SeedFiles, UserData, WriteFile};
 use sha2::{Digest, Sha256};
 

@@ -13,9 +13,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 use super::{EntryGuard, Limits, SelectedFile, Selection, check_elf, open_tar_gz, read_error, stage};
+use crate::digest::Sha256Hex;
 use crate::io::Interrupt;
 use crate::overlay::{Content, OverlayPath};
-use crate::profile::{Arch, Extra, Sha256Hex};
+use crate::profile::{Arch, Extra};
 
 /// What to select from one component archive.
 #[derive(Debug, Clone)]

@@ -14,9 +14,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use flate2::read::MultiGzDecoder;
 
+use crate::digest::Sha256Hex;
 use crate::io::{HashingWriter, Interrupt, LimitReader};
 use crate::overlay::{Content, OverlayPath};
-use crate::profile::{Arch, Extra, Sha256Hex};
+use crate::profile::{Arch, Extra};
 use crate::version::Version;
 
 mod components;
