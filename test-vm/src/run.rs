@@ -159,8 +159,18 @@ pub fn boot(cfg: &BootConfig, interrupt: &Interrupt) -> Result<Outcome> {
         }
         let args = guest.args(accel);
         qemu_command = qemu::shell_line(cfg.vm.qemu.as_os_str(), &args);
-        let end =
-            attempt(cfg, &args, &work, accel, probing, &mut tracker, run_start, deadline, join.as_ref(), interrupt)?;
+        let this = Attempt {
+            cfg,
+            args: &args,
+            work: &work,
+            accel,
+            probing,
+            run_start,
+            deadline,
+            join: join.as_ref(),
+            interrupt,
+        };
+        let end = attempt(this, &mut tracker)?;
         match end {
             AttemptEnd::Abandoned(reason) => attempts.push(AccelAttempt { accel, outcome: reason }),
             AttemptEnd::Decided { interrupted: i, vm } => {
@@ -257,19 +267,23 @@ enum AttemptEnd {
     },
 }
 
-#[allow(clippy::too_many_arguments)]
-fn attempt(
-    cfg: &BootConfig,
-    args: &[OsString],
-    work: &Path,
+/// One try at booting the node under one accelerator, and what it needs from the run.
+struct Attempt<'a> {
+    cfg: &'a BootConfig,
+    /// QEMU's arguments for this accelerator.
+    args: &'a [OsString],
+    work: &'a Path,
     accel: Accel,
+    /// Another accelerator follows: give this one up if the guest does not start.
     probing: bool,
-    tracker: &mut Tracker,
     run_start: Instant,
     deadline: Instant,
-    join: Option<&JoinSpec>,
-    interrupt: &Interrupt,
-) -> Result<AttemptEnd> {
+    join: Option<&'a JoinSpec>,
+    interrupt: &'a Interrupt,
+}
+
+fn attempt(a: Attempt<'_>, tracker: &mut Tracker) -> Result<AttemptEnd> {
+    let Attempt { cfg, args, work, accel, probing, run_start, deadline, join, interrupt } = a;
     let stderr_log = work.join(format!("qemu-{accel}.log"));
     let mut vm = Qemu::spawn(cfg.vm.qemu.as_os_str(), args, &stderr_log)?;
     let started = Instant::now();
