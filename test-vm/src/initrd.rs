@@ -9,7 +9,7 @@
 //! Layout appended:
 //! ```text
 //! /nodeforge/agent                                                  0755  the agent binary
-//! /nodeforge/expect.json                                            0644  Expectations
+//! /nodeforge/expect.json                                            0644  Expect (nodeforge-wire)
 //! /nodeforge/units/nodeforge-agent.service                          0644
 //! /nodeforge/units/kubelet.service                                  0644  stand-in, never starts;
 //!                                                                         only for a node without
@@ -28,7 +28,7 @@ use nodeforge::archive::write_cpio;
 use nodeforge::io::{HashingReader, Interrupt};
 use nodeforge::overlay::{Content, Origin, Overlay};
 
-use crate::protocol::Expectations;
+use crate::protocol::Expect;
 
 pub const AGENT_UNIT: &str = "[Unit]
 Description=nodeforge test agent: checks the node stage by stage and reports to the harness
@@ -76,7 +76,7 @@ pub fn node_has_kubelet(profile: &nodeforge::profile::Profile) -> bool {
 /// The archive's entries as a nodeforge overlay, so it is written by the same deterministic
 /// cpio writer as the node overlay itself. `stub_kubelet` adds the stand-in kubelet unit, for
 /// nodes that have no kubelet of their own.
-pub fn agent_overlay(agent: &Path, expect: &Expectations, stub_kubelet: bool) -> Result<Overlay> {
+pub fn agent_overlay(agent: &Path, expect: &Expect, stub_kubelet: bool) -> Result<Overlay> {
     let file =
         File::open(agent).with_context(|| format!("the agent binary {} (pass --agent PATH)", agent.display()))?;
     let mut hashing = HashingReader::new(file);
@@ -139,7 +139,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let agent = dir.path().join("agent");
         std::fs::write(&agent, b"#!/bin/sh\n").unwrap();
-        let e = Expectations {
+        let e = Expect {
             stage_timeouts_s: default_stage_timeouts(),
             ..expectations(&nodeforge::profile::Profile::parse(PROFILE).unwrap())
         };

@@ -16,7 +16,7 @@ use crate::cli::BootConfig;
 use crate::expect::{expectations, profile_from_manifest};
 use crate::initrd;
 use crate::join::{self, JOIN_STAGE, JoinSpec};
-use crate::protocol::{AGENT_STAGES, AgentEvent};
+use crate::protocol::{AgentEvent, Stage};
 use crate::qemu::{self, Guest, Qemu};
 use crate::report::{AccelAttempt, Failure, Report, extract_results};
 use crate::seed;
@@ -90,18 +90,19 @@ pub fn boot(cfg: &BootConfig, interrupt: &Interrupt) -> Result<Outcome> {
     for o in &cfg.vm.stage_timeouts {
         if o.stage == KERNEL_STAGE {
             kernel_timeout = o.seconds;
-        } else if AGENT_STAGES.contains(&o.stage.as_str()) {
-            expect.stage_timeouts_s.insert(o.stage.clone(), o.seconds);
+        } else if let Some(stage) = Stage::CHECKS.into_iter().find(|s| s.name() == o.stage) {
+            expect.stage_timeouts_s.set(stage, o.seconds);
         } else {
-            anyhow::bail!("--stage-timeout: unknown stage `{}` (kernel, {})", o.stage, AGENT_STAGES.join(", "));
+            let names: Vec<&str> = Stage::CHECKS.iter().map(|s| s.name()).collect();
+            anyhow::bail!("--stage-timeout: unknown stage `{}` (kernel, {})", o.stage, names.join(", "));
         }
     }
     let join = join_spec(cfg, &expect.containerd_version, &profile)?;
     expect.join_stage_follows = join.is_some();
     let mut stage_list = vec![(KERNEL_STAGE.to_owned(), Duration::from_secs(kernel_timeout))];
-    for s in AGENT_STAGES {
-        let agent_limit = expect.stage_timeouts_s.get(s).copied().unwrap_or(120);
-        stage_list.push((s.to_owned(), Duration::from_secs(agent_limit + AGENT_GRACE_S)));
+    for s in Stage::CHECKS {
+        let agent_limit = expect.stage_timeouts_s.seconds(s);
+        stage_list.push((s.name().to_owned(), Duration::from_secs(agent_limit + AGENT_GRACE_S)));
     }
     if let Some(j) = &join {
         stage_list.push((JOIN_STAGE.to_owned(), j.timeout + Duration::from_secs(AGENT_GRACE_S)));
