@@ -10,9 +10,6 @@ use nodeforge::{compat, render};
 
 use nodeforge_wire::{CgroupDriver, CriApi, DEFAULT_TEST_IMAGE, Expect, StageTimeouts};
 
-/// The endpoint nodeforge renders into containerd, crictl and the kubelet drop-in.
-pub const CRI_ENDPOINT: &str = "unix:///run/containerd/containerd.sock";
-
 /// The agent's per-stage limits in seconds, sized for TCG on two cores (vm-facts: cloud-init
 /// finishes ~40 s after boot, a first pod takes 3–7 s, containerd starts in under a second).
 pub fn default_stage_timeouts() -> StageTimeouts {
@@ -35,7 +32,8 @@ pub fn profile_from_manifest(path: &Path) -> Result<Profile> {
 pub fn expectations(profile: &Profile) -> Expect {
     let containerd = &profile.containerd.version;
     Expect {
-        cri_endpoint_default: CRI_ENDPOINT.to_owned(),
+        // The endpoint nodeforge renders into containerd, crictl and the kubelet drop-in.
+        cri_endpoint_default: render::CONTAINERD_SOCKET.to_owned(),
         sandbox_image: render::sandbox_image(profile).to_string(),
         images: profile.images.iter().map(|i| i.reference.to_string()).collect(),
         cni_subnet: profile.node.cni_subnet.into(),
