@@ -30,42 +30,18 @@ use nodeforge::overlay::{Content, Origin, Overlay};
 
 use crate::protocol::Expect;
 
-pub const AGENT_UNIT: &str = "[Unit]
-Description=nodeforge test agent: checks the node stage by stage and reports to the harness
-# The harness, not systemd, decides how long a stage may take.
-After=basic.target
-
-[Service]
-Type=simple
-ExecStart=/run/nodeforge/agent /run/nodeforge/expect.json
-# Its own log also reaches the serial console, next to the units it checks.
-StandardOutput=journal+console
-StandardError=journal+console
-
-[Install]
-WantedBy=multi-user.target
-";
+/// The guest agent's unit: it starts the agent once the node reaches basic.target.
+pub const AGENT_UNIT: &str = include_str!("../../overlays/test-vm/nodeforge-agent.service");
+/// Where [`AGENT_UNIT`] lives in the repository, as the archive's manifest names it.
+pub const AGENT_UNIT_SOURCE: &str = "overlays/test-vm/nodeforge-agent.service";
 
 /// Shaped like the base unit of the kubeadm/kubelet packages, so systemd merges nodeforge's
 /// kubelet drop-in onto it and the agent can read the result with `systemctl cat`/`show`.
 /// No kubelet is installable here: the condition keeps the unit from ever starting (a
 /// skipped condition is not a failure), and it is not enabled.
-pub const KUBELET_STUB_UNIT: &str = "[Unit]
-Description=kubelet: The Kubernetes Node Agent (nodeforge test stand-in)
-Documentation=https://kubernetes.io/docs/
-Wants=network-online.target
-After=network-online.target
-ConditionPathExists=/usr/bin/kubelet
-
-[Service]
-ExecStart=/usr/bin/kubelet
-Restart=always
-StartLimitInterval=0
-RestartSec=10
-
-[Install]
-WantedBy=multi-user.target
-";
+pub const KUBELET_STUB_UNIT: &str = include_str!("../../overlays/test-vm/kubelet.service");
+/// Where [`KUBELET_STUB_UNIT`] lives in the repository.
+pub const KUBELET_STUB_UNIT_SOURCE: &str = "overlays/test-vm/kubelet.service";
 
 /// Whether the node brings its own kubelet: a profile with a kubelet binary renders
 /// kubelet.service, which a unit in /run/systemd/system would shadow.
@@ -90,9 +66,11 @@ pub fn agent_overlay(agent: &Path, expect: &Expect, stub_kubelet: bool) -> Resul
     json.push(b'\n');
     o.add_file("nodeforge/expect.json", 0o644, Content::Inline(json), origin("expect"))?;
     let unit = |text: &str| Content::Inline(text.as_bytes().to_vec());
-    o.add_file("nodeforge/units/nodeforge-agent.service", 0o644, unit(AGENT_UNIT), origin("unit"))?;
+    let file_origin = |source: &str| Origin::Static { source: source.to_owned() };
+    o.add_file("nodeforge/units/nodeforge-agent.service", 0o644, unit(AGENT_UNIT), file_origin(AGENT_UNIT_SOURCE))?;
     if stub_kubelet {
-        o.add_file("nodeforge/units/kubelet.service", 0o644, unit(KUBELET_STUB_UNIT), origin("unit"))?;
+        let stub = unit(KUBELET_STUB_UNIT);
+        o.add_file("nodeforge/units/kubelet.service", 0o644, stub, file_origin(KUBELET_STUB_UNIT_SOURCE))?;
     }
     o.add_symlink(
         "nodeforge/units/multi-user.target.wants/nodeforge-agent.service",
