@@ -6,7 +6,8 @@ use std::fmt::Write as _;
 
 use nodeforge::check::{self, Finding, Severity};
 use nodeforge::compat::{self, CgroupV1};
-use nodeforge::profile::{LoadedProfile, Profile, Sha256Hex};
+use nodeforge::digest::Sha256Hex;
+use nodeforge::profile::{LoadedProfile, Profile};
 use nodeforge::version::Version;
 
 /// One release per containerd line: the newest patch nodeforge's tables were checked against

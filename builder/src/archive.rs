@@ -20,10 +20,15 @@ use flate2::{Compression, GzBuilder};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::digest::Sha256Hex;
 use crate::io::{HashingWriter, Interrupt};
 use crate::output::AtomicFile;
 use crate::overlay::{Content, EntryKind, Overlay, OverlayPath};
-use crate::profile::Sha256Hex;
+
+/// 1980-01-01T00:00:00Z: the archive timestamp when SOURCE_DATE_EPOCH is not set. Any
+/// constant gives reproducible bytes; this one is also the earliest time FAT and zip-era
+/// tools represent without complaint.
+pub const DEFAULT_MTIME: u64 = 315_532_800;
 
 pub const TAR_GZ_NAME: &str = "overlay.tar.gz";
 pub const CPIO_GZ_NAME: &str = "overlay.cpio.gz";

@@ -16,23 +16,17 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::archive::{self, ArtifactInfo};
-use crate::cli::BuildConfig;
-use crate::commands::Stage;
-use crate::fetch::{Artifact, Fetcher};
+use crate::check::CheckedProfile;
+use crate::digest::Sha256Hex;
+use crate::exit::ExitClass;
+use crate::fetch::{Fetched, FetchedSource, FetchedUpstream, Fetcher, fetch_sources};
 use crate::io::Interrupt;
 use crate::manifest::{self, Manifest, SourceRecord};
-use crate::output;
+use crate::output::{self, DirLock, WorkDir};
 use crate::overlay::{Content, EntryKind, Origin, Overlay, OverlayPath};
-use crate::profile::{
-    Arch, LoadedProfile, Sha256Hex, SourceKind, Sources, UpstreamSource, redact_url_text, url_file_name,
-};
+use crate::profile::{Arch, LoadedProfile, SourceKind, Sources};
 use crate::release::{self, BundleRequest, ComponentRequest, Limits, SelectedFile, Selection};
 use crate::{render, seed};
-
-/// 1980-01-01T00:00:00Z: the archive timestamp when SOURCE_DATE_EPOCH is not set. Any
-/// constant gives reproducible bytes; this one is also the earliest time FAT and zip-era
-/// tools represent without complaint.
-pub const DEFAULT_MTIME: u64 = 315_532_800;
 
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
@@ -41,74 +35,6 @@ pub struct BuildOptions {
     pub limits: Limits,
     /// The seed carries the overlay and unpacks it on first boot (`--first-boot`).
     pub first_boot: bool,
-}
-
-impl BuildOptions {
-    pub fn from_config(c: &BuildConfig) -> Self {
-        Self {
-            out: c.out.clone(),
-            mtime: c.source_date_epoch.unwrap_or(DEFAULT_MTIME),
-            limits: Limits { max_unpacked_bytes: c.max_unpacked_bytes, ..Limits::default() },
-            first_boot: c.first_boot,
-        }
-    }
-}
-
-/// A verified input, as `fetch` reports it.
-#[derive(Debug, Clone, Serialize)]
-pub struct FetchedSource {
-    /// What it is: a [`SourceKind`] (`bundle`, `containerd`, `runc`, `cni-plugins`,
-    /// `crictl`, `kubelet`, `kubeadm`, `kubectl`) or `image`.
-    pub kind: String,
-    pub name: String,
-    /// Upstream URL (credentials and query string redacted), or the profile-relative path of
-    /// a local image archive.
-    pub url: String,
-    pub sha256: Sha256Hex,
-    pub size: u64,
-    /// The verified copy in the cache.
-    pub path: PathBuf,
-}
-
-/// Fetch and verify every input the profile names: the upstream sources in
-/// [`Profile::upstream_sources`](crate::profile::Profile::upstream_sources) order, then the
-/// images.
-pub fn fetch_sources(loaded: &LoadedProfile, fetcher: &Fetcher) -> Result<Vec<FetchedSource>> {
-    let p = &loaded.profile;
-    let mut out = Vec::new();
-    for src in p.upstream_sources() {
-        let name = src.file_name().to_owned();
-        let artifact = Artifact { name: name.clone(), url: src.url.clone(), sha256: src.sha256 };
-        let got =
-            fetcher.fetch(&artifact).with_context(|| format!("{} {}", src.kind, src.version)).context(Stage::Fetch)?;
-        out.push(FetchedSource {
-            kind: src.kind.to_string(),
-            name,
-            url: redact_url_text(&src.url),
-            sha256: got.sha256,
-            size: got.size,
-            path: got.path,
-        });
-    }
-    for img in &p.images {
-        let got = if img.is_remote() {
-            let name = url_file_name(&img.source).to_owned();
-            fetcher.fetch(&Artifact { name, url: img.source.clone(), sha256: img.sha256 })
-        } else {
-            fetcher.fetch_local(&loaded.resolve(&img.source), &img.sha256)
-        }
-        .with_context(|| format!("image {}", img.reference))
-        .context(Stage::Fetch)?;
-        out.push(FetchedSource {
-            kind: "image".into(),
-            name: img.reference.to_string(),
-            url: img.shown_source(),
-            sha256: got.sha256,
-            size: got.size,
-            path: got.path,
-        });
-    }
-    Ok(out)
 }
 
 #[derive(Debug, Serialize)]
@@ -161,108 +87,155 @@ impl BuildReport {
     }
 }
 
-/// What a build hands to a step that derives more artifacts from the overlay (`nodeforge
-/// image`): the finished overlay, the directory of pending artifacts (committed together with
-/// the build's own, `SHA256SUMS` last), and private scratch space removed with the build.
+/// A build whose artifacts are written but not yet in `--out`: they sit in a private work
+/// directory while the build holds the lock on `--out`. A step that derives more artifacts
+/// from the overlay (`nodeforge image`) writes them into [`Pending::dir`] and adds them;
+/// [`Pending::commit`] then writes the manifest and `SHA256SUMS` over all of them and moves
+/// the set into place. Dropped uncommitted, it leaves `--out` as it was.
 #[derive(Debug)]
-pub struct Extra<'a> {
-    pub overlay: &'a Overlay,
-    /// The build's own artifacts so far (overlay archives, seed), for deriving identities.
-    pub artifacts: &'a [ArtifactInfo],
-    pub pending: &'a Path,
-    pub scratch: &'a Path,
-    pub mtime: u64,
-    pub interrupt: &'a Interrupt,
+pub struct Pending<'a> {
+    loaded: &'a LoadedProfile,
+    opts: &'a BuildOptions,
+    sources: Fetched,
+    overlay: Overlay,
+    artifacts: Vec<ArtifactInfo>,
+    skipped: Vec<String>,
+    warnings: Vec<String>,
+    dir: PathBuf,
+    scratch: PathBuf,
+    // Field order is drop order: the work directory goes before the lock is released.
+    _work: WorkDir,
+    _out_lock: DirLock,
+}
+
+impl Pending<'_> {
+    /// The finished overlay.
+    pub fn overlay(&self) -> &Overlay {
+        &self.overlay
+    }
+
+    /// The artifacts so far (overlay archives first, then the seed), for deriving identities.
+    pub fn artifacts(&self) -> &[ArtifactInfo] {
+        &self.artifacts
+    }
+
+    /// Where further artifacts are written, to be committed with the build's own.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Private scratch space, removed with the build.
+    pub fn scratch(&self) -> &Path {
+        &self.scratch
+    }
+
+    /// The archive timestamp of this build.
+    pub fn mtime(&self) -> u64 {
+        self.opts.mtime
+    }
+
+    /// Artifacts written into [`Pending::dir`], to be listed and committed with the rest.
+    pub fn add_artifacts(&mut self, more: Vec<ArtifactInfo>) {
+        self.artifacts.extend(more);
+    }
+
+    /// Write the manifest and `SHA256SUMS` over every artifact and move the set into `--out`,
+    /// `SHA256SUMS` last.
+    pub fn commit(self, interrupt: &Interrupt) -> Result<BuildReport> {
+        interrupt.check()?;
+        let mut artifacts = self.artifacts;
+        let records: Vec<SourceRecord> = self
+            .sources
+            .all()
+            .map(|s| SourceRecord { kind: s.kind.clone(), url: s.url.clone(), sha256: s.sha256 })
+            .collect();
+        let manifest = Manifest::new(self.loaded, records, &self.overlay, artifacts.clone(), self.opts.mtime);
+        artifacts.push(manifest.write(&self.dir)?);
+        manifest::write_sha256sums(&self.dir, &artifacts)?;
+        interrupt.check()?;
+
+        let names: Vec<&str> = artifacts.iter().map(|a| a.name.as_str()).collect();
+        output::commit_set(&self.dir, &self.opts.out, &names, manifest::SHA256SUMS_NAME)?;
+
+        Ok(BuildReport {
+            profile: self.loaded.profile.name.clone(),
+            profile_sha256: self.loaded.sha256,
+            out_dir: self.opts.out.clone(),
+            sources: self.sources.all().cloned().collect(),
+            overlay: summarise(&self.overlay),
+            artifacts,
+            skipped: self.skipped,
+            warnings: self.warnings,
+        })
+    }
 }
 
 /// Run the whole build.
 pub fn build(
-    loaded: &LoadedProfile,
+    checked: &CheckedProfile,
     fetcher: &Fetcher,
     opts: &BuildOptions,
     interrupt: &Interrupt,
 ) -> Result<BuildReport> {
-    build_with(loaded, fetcher, opts, interrupt, |_| Ok(Vec::new()))
+    stage(checked, fetcher, opts, interrupt)?.commit(interrupt)
 }
 
-/// Run the whole build, with `extra` writing further artifacts into the pending directory
-/// before the manifest and `SHA256SUMS` are written, so they list them too.
-pub fn build_with(
-    loaded: &LoadedProfile,
+/// Fetch, assemble the overlay, write the overlay archives and the seed, and hold them
+/// pending. The profile's check warnings are carried into the report.
+pub fn stage<'a>(
+    checked: &'a CheckedProfile,
     fetcher: &Fetcher,
-    opts: &BuildOptions,
+    opts: &'a BuildOptions,
     interrupt: &Interrupt,
-    extra: impl FnOnce(&Extra) -> Result<Vec<ArtifactInfo>>,
-) -> Result<BuildReport> {
-    let p = &loaded.profile;
+) -> Result<Pending<'a>> {
+    let loaded = &checked.loaded;
     // Fetch first: a download that fails must not even create the output directory.
     let sources = fetch_sources(loaded, fetcher)?;
     interrupt.check()?;
     fs::create_dir_all(&opts.out).with_context(|| format!("creating {}", opts.out.display()))?;
-    let _out_lock = output::lock_dir(&opts.out, interrupt)?;
+    let out_lock = output::lock_dir(&opts.out, interrupt)?;
     output::sweep_stale(&opts.out)?;
 
-    let work = output::WorkDir::new(&opts.out)?;
+    let work = WorkDir::new(&opts.out)?;
     let staging = work.path().join("staging");
-    let pending = work.path().join("out");
+    let dir = work.path().join("out");
     fs::create_dir(&staging)?;
-    fs::create_dir(&pending)?;
+    fs::create_dir(&dir)?;
 
     let mut overlay = Overlay::new();
-    let upstream = p.upstream_sources();
-    let assembled = assemble(loaded, &upstream, &sources[..upstream.len()], &staging, opts, interrupt, &mut overlay)?;
+    let assembled = assemble(loaded, &sources.upstream, &staging, opts, interrupt, &mut overlay)?;
 
-    let rendered = render::render(loaded).context(Stage::Profile)?;
+    let rendered = render::render(loaded).context(ExitClass::Profile)?;
     render::add_to_overlay(&rendered, &mut overlay)?;
 
-    for (img, src) in p.images.iter().zip(&sources[sources.len() - p.images.len()..]) {
-        let content = Content::OnDisk { path: src.path.clone(), size: src.size, sha256: src.sha256 };
-        let origin = Origin::Image { reference: img.reference.to_string(), sha256: src.sha256 };
-        overlay.add_file(&render::image_archive_path(&img.reference), 0o644, content, origin)?;
+    for img in &sources.images {
+        let got = &img.got;
+        let content = Content::OnDisk { path: got.path.clone(), size: got.size, sha256: got.sha256 };
+        let origin = Origin::Image { reference: img.image.reference.to_string(), sha256: got.sha256 };
+        overlay.add_file(&render::image_archive_path(&img.image.reference), 0o644, content, origin)?;
     }
     interrupt.check()?;
 
-    let mut artifacts: Vec<ArtifactInfo> = archive::write_both(&overlay, &pending, opts.mtime, interrupt)?.into();
-    let seed_files = if opts.first_boot { first_boot_seed(loaded, &pending)? } else { seed::seed_files(loaded)? };
-    artifacts.push(seed::write_seed_image(&seed_files, &pending.join(seed::SEED_IMAGE_NAME))?);
+    let mut artifacts: Vec<ArtifactInfo> = archive::write_both(&overlay, &dir, opts.mtime, interrupt)?.into();
+    let seed_files = if opts.first_boot { first_boot_seed(loaded, &dir)? } else { seed::seed_files(loaded)? };
+    artifacts.push(seed::write_seed_image(&seed_files, &dir.join(seed::SEED_IMAGE_NAME))?);
     let scratch = work.path().join("scratch");
     fs::create_dir(&scratch)?;
-    let more = extra(&Extra {
-        overlay: &overlay,
-        artifacts: &artifacts,
-        pending: &pending,
-        scratch: &scratch,
-        mtime: opts.mtime,
-        interrupt,
-    })?;
-    artifacts.extend(more);
-    interrupt.check()?;
-    let records: Vec<SourceRecord> =
-        sources.iter().map(|s| SourceRecord { kind: s.kind.clone(), url: s.url.clone(), sha256: s.sha256 }).collect();
-    let manifest = Manifest::new(loaded, records, &overlay, artifacts.clone(), opts.mtime);
-    artifacts.push(manifest.write(&pending)?);
-    manifest::write_sha256sums(&pending, &artifacts)?;
-    interrupt.check()?;
-
-    let names: Vec<&str> = artifacts.iter().map(|a| a.name.as_str()).collect();
-    output::commit_set(&pending, &opts.out, &names, manifest::SHA256SUMS_NAME)?;
 
     let mut warnings = assembled.warnings;
-    warnings.extend(
-        crate::check::check(loaded)
-            .into_iter()
-            .filter(|f| f.severity == crate::check::Severity::Warning)
-            .map(|f| f.message),
-    );
-    Ok(BuildReport {
-        profile: p.name.clone(),
-        profile_sha256: loaded.sha256,
-        out_dir: opts.out.clone(),
+    warnings.extend(checked.warnings.iter().cloned());
+    Ok(Pending {
+        loaded,
+        opts,
         sources,
-        overlay: summarise(&overlay),
+        overlay,
         artifacts,
         skipped: assembled.skipped,
         warnings,
+        dir,
+        scratch,
+        _work: work,
+        _out_lock: out_lock,
     })
 }
 
@@ -275,11 +248,10 @@ struct Assembled {
 
 /// Read every upstream source as hostile input and add what the node needs to the overlay:
 /// the bundle's members, or the per-component archives and binaries, then the Kubernetes
-/// binaries. `fetched` holds the verified copies, in `upstream` order.
+/// binaries.
 fn assemble(
     loaded: &LoadedProfile,
-    upstream: &[UpstreamSource],
-    fetched: &[FetchedSource],
+    upstream: &[FetchedUpstream],
     staging: &Path,
     opts: &BuildOptions,
     interrupt: &Interrupt,
@@ -287,7 +259,7 @@ fn assemble(
 ) -> Result<Assembled> {
     let p = &loaded.profile;
     let mut out = Assembled::default();
-    for (src, got) in upstream.iter().zip(fetched) {
+    for FetchedUpstream { source: src, got } in upstream {
         // One staging directory per archive: the selectors number their files from 0.
         let dir = staging.join(src.kind.as_str());
         fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -317,7 +289,7 @@ fn assemble(
             }
         }
         .with_context(|| format!("{} {}", src.kind, src.version))
-        .context(Stage::Archive)?;
+        .context(ExitClass::Archive)?;
         for f in selection.files {
             let origin = Origin::Upstream { artifact: got.name.clone(), sha256: got.sha256, member: f.member };
             overlay.insert(f.path, crate::overlay::Entry { mode: f.mode, kind: EntryKind::File(f.content), origin })?;

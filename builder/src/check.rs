@@ -2,10 +2,13 @@
 //! the fix, and risky ones flagged. Every rule cites the fact it rests on (runtime-facts).
 
 use std::collections::BTreeSet;
+use std::path::Path;
 
+use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::compat::{self, CgroupV1, CriApi, V3Config};
+use crate::exit::ExitClass;
 use crate::imageref::ImageRef;
 use crate::profile::{Arch, CgroupDriver, CgroupVersion, ConfigVersion, LoadedProfile, Sources};
 use crate::render::{containerd_config, sandbox_image};
@@ -350,10 +353,43 @@ pub fn has_errors(findings: &[Finding]) -> bool {
     findings.iter().any(|f| f.severity == Severity::Error)
 }
 
+/// A profile that was loaded and checked once, with the warnings the check found. Errors
+/// refuse it; the warnings travel with it to whoever reports them, so they are shown once.
+#[derive(Debug)]
+pub struct CheckedProfile {
+    pub loaded: LoadedProfile,
+    pub warnings: Vec<String>,
+}
+
+impl CheckedProfile {
+    /// Load and check a profile; errors among the findings fail with [`ExitClass::Profile`].
+    pub fn load(path: &Path) -> Result<Self> {
+        let loaded = LoadedProfile::load(path).context(ExitClass::Profile)?;
+        let findings = check(&loaded);
+        if has_errors(&findings) {
+            let text: Vec<String> =
+                findings.iter().filter(|f| f.severity == Severity::Error).map(|f| f.to_string()).collect();
+            return Err(anyhow::anyhow!("{}: {}", path.display(), text.join("\n")).context(ExitClass::Profile));
+        }
+        let warnings = findings.into_iter().filter(|f| f.severity == Severity::Warning).map(|f| f.message).collect();
+        Ok(Self { loaded, warnings })
+    }
+
+    /// Log the warnings, for a command whose result has no place for them, and keep the
+    /// profile.
+    pub fn logged(self) -> LoadedProfile {
+        for w in &self.warnings {
+            tracing::warn!("{}: {w}", self.loaded.path.display());
+        }
+        self.loaded
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::profile::{Profile, Sha256Hex};
+    use crate::digest::Sha256Hex;
+    use crate::profile::Profile;
 
     fn load(extra: &str, k8s: &str, ctr: &str) -> LoadedProfile {
         let text = format!(

@@ -261,7 +261,7 @@ pub struct SeedConfig {
     /// Join the cluster through this API server on first boot (needs --token-file and
     /// --ca-cert-hash).
     #[arg(long, value_name = "HOST:PORT", requires_all = ["token_file", "ca_cert_hash"],
-          value_parser = crate::seed::join::parse_endpoint)]
+          value_parser = crate::seed::flags::parse_endpoint)]
     pub join_endpoint: Option<String>,
     /// File holding the bootstrap token (`kubeadm token create`); never given on the command
     /// line. It lands only in the seed's user-data (mode 0600 files).
@@ -269,21 +269,21 @@ pub struct SeedConfig {
     pub token_file: Option<PathBuf>,
     /// Public-key pin of the cluster CA (repeat during a CA rotation).
     #[arg(long, value_name = "sha256:HEX", requires = "join_endpoint",
-          value_parser = crate::seed::join::parse_ca_cert_hash)]
+          value_parser = crate::seed::flags::parse_ca_cert_hash)]
     pub ca_cert_hash: Vec<String>,
     /// A Node label the kubelet registers with (repeatable).
     #[arg(long = "label", value_name = "KEY=VALUE", requires = "join_endpoint",
-          value_parser = crate::seed::join::parse_label)]
-    pub labels: Vec<crate::seed::join::Label>,
+          value_parser = crate::seed::flags::parse_label)]
+    pub labels: Vec<crate::seed::flags::Label>,
     /// A Node taint the kubelet registers with (repeatable); EFFECT is NoSchedule,
     /// PreferNoSchedule or NoExecute.
     #[arg(long = "taint", value_name = "KEY[=VALUE]:EFFECT", requires = "join_endpoint",
-          value_parser = crate::seed::join::parse_taint)]
-    pub taints: Vec<crate::seed::join::Taint>,
+          value_parser = crate::seed::flags::parse_taint)]
+    pub taints: Vec<crate::seed::flags::Taint>,
     /// How long `kubeadm join` keeps trying to reach the API server and find a `cluster-info`
     /// signed for the token before it fails (kubeadm's default: 5m). A Go duration, 1s to 1h.
     #[arg(long, value_name = "DURATION", requires = "join_endpoint",
-          value_parser = crate::seed::join::parse_discovery_timeout)]
+          value_parser = crate::seed::flags::parse_discovery_timeout)]
     pub join_discovery_timeout: Option<String>,
     /// An SSH public key for the default user, added to the profile's (repeatable).
     #[arg(long = "ssh-authorized-key", value_name = "KEY", value_parser = crate::ident::parse_ssh_key)]
@@ -292,8 +292,8 @@ pub struct SeedConfig {
     #[arg(long, value_name = "FILE")]
     pub overlay: Option<PathBuf>,
     /// The seed volume's filesystem: vfat (seed.img) or iso (seed.iso, needs xorriso).
-    #[arg(long, value_enum, default_value_t = crate::seed::SeedFormat::Vfat)]
-    pub format: crate::seed::SeedFormat,
+    #[arg(long, value_enum, default_value_t = crate::seed::flags::SeedFormat::Vfat)]
+    pub format: crate::seed::flags::SeedFormat,
     /// Timestamp inside the ISO (seconds since the epoch); fixed by default.
     #[arg(long, env = "SOURCE_DATE_EPOCH", value_name = "SECONDS", hide_env_values = true)]
     pub source_date_epoch: Option<u64>,

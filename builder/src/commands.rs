@@ -9,77 +9,15 @@ use anyhow::{Context, Result};
 use serde_json::json;
 
 use crate::build;
-use crate::check::{self, Severity};
-use crate::cli::{CheckConfig, Cli, Command, FetchConfig, LockArgs, LockConfig, NetConfig, RenderConfig};
+use crate::check::{self, CheckedProfile, Severity};
+use crate::cli::{BuildConfig, CheckConfig, Cli, Command, FetchConfig, LockArgs, LockConfig, NetConfig, RenderConfig};
+use crate::exit::ExitClass;
 use crate::fetch::{FetchOptions, Fetcher};
 use crate::io::Interrupt;
 use crate::profile::LoadedProfile;
+use crate::release::Limits;
 use crate::render::{self, Rendered};
 use sha2::{Digest, Sha256};
-
-/// The failure classes behind the documented exit codes. Attached as anyhow context at the
-/// stage boundary, so the exit code follows from where a build failed, not from parsing
-/// message text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
-    Profile,
-    Fetch,
-    Archive,
-    /// A flag's value or a file it names is unusable (exit 2, like clap's own usage errors).
-    Usage,
-    /// `replace`: a PodDisruptionBudget kept a pod from being evicted (exit 10).
-    DrainBlocked,
-    /// `replace`: pods would be lost (unmanaged, or with emptyDir data) without --force or
-    /// --delete-emptydir-data (exit 11).
-    PodsWouldBeLost,
-    /// `replace`: the reprovision command failed (exit 12).
-    Reprovision,
-    /// `replace`: the node did not come back Ready from a new boot in time (exit 13).
-    NodeNotBack,
-    /// `replace`: the node came back on another container runtime (exit 14).
-    WrongRuntime,
-    /// `replace`: the API server cannot be reached (exit 15).
-    Unreachable,
-    /// `replace`: the kubeconfig's credentials are refused or lack a permission (exit 16).
-    Forbidden,
-}
-
-impl Stage {
-    /// The documented exit code of this failure class.
-    pub fn exit_code(self) -> u8 {
-        match self {
-            Stage::Usage => 2,
-            Stage::Profile => 3,
-            Stage::Fetch => 4,
-            Stage::Archive => 5,
-            Stage::DrainBlocked => 10,
-            Stage::PodsWouldBeLost => 11,
-            Stage::Reprovision => 12,
-            Stage::NodeNotBack => 13,
-            Stage::WrongRuntime => 14,
-            Stage::Unreachable => 15,
-            Stage::Forbidden => 16,
-        }
-    }
-}
-
-impl std::fmt::Display for Stage {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Stage::Profile => "invalid profile",
-            Stage::Fetch => "download failed",
-            Stage::Archive => "unsafe or malformed upstream archive",
-            Stage::Usage => "usage error",
-            Stage::DrainBlocked => "drain blocked by a PodDisruptionBudget",
-            Stage::PodsWouldBeLost => "drain would lose pods",
-            Stage::Reprovision => "reprovision failed",
-            Stage::NodeNotBack => "node did not come back",
-            Stage::WrongRuntime => "node came back on another runtime",
-            Stage::Unreachable => "cluster unreachable",
-            Stage::Forbidden => "forbidden by the cluster",
-        })
-    }
-}
 
 /// Marks an error whose details were already printed as the command's JSON result.
 #[derive(Debug)]
@@ -134,14 +72,15 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Render(c) => run_render(&c, json),
         Command::Fetch(c) => run_fetch(&c, json),
         Command::Lock(c) => run_lock(&c, json),
-        Command::Seed(c) => crate::seed::command::run(&c, json),
+        Command::Seed(c) => crate::seed::command::run(&c, json, interrupt()),
         #[cfg(feature = "cluster")]
         Command::Replace(c) => crate::replace::run(&c, json, interrupt()),
         Command::Build(c) => {
-            let profile = load_profile(&c.profile.profile)?;
-            enforce_lock(&profile, &c.lock)?;
+            // The check's warnings go into the build's report, not the log.
+            let profile = CheckedProfile::load(&c.profile.profile)?;
+            enforce_lock(&profile.loaded, &c.lock)?;
             let fetcher = fetcher(&c.net)?;
-            let report = build::build(&profile, &fetcher, &build::BuildOptions::from_config(&c), interrupt())?;
+            let report = build::build(&profile, &fetcher, &build_options(&c), interrupt())?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -156,13 +95,13 @@ pub fn run(cli: Cli) -> Result<()> {
                 first_boot: c.build.first_boot,
             };
             crate::image::preflight(&opts)?;
-            let profile = load_profile(&c.build.profile.profile)?;
-            enforce_lock(&profile, &c.build.lock)?;
+            let profile = CheckedProfile::load(&c.build.profile.profile)?;
+            enforce_lock(&profile.loaded, &c.build.lock)?;
             let fetcher = fetcher(&c.build.net)?;
-            let build_opts = build::BuildOptions::from_config(&c.build);
-            let report = build::build_with(&profile, &fetcher, &build_opts, interrupt(), |x| {
-                crate::image::write_image(&opts, x)
-            })?;
+            let build_opts = build_options(&c.build);
+            let mut pending = build::stage(&profile, &fetcher, &build_opts, interrupt())?;
+            crate::image::add_image(&opts, &mut pending, interrupt())?;
+            let report = pending.commit(interrupt())?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -173,23 +112,23 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// Load and check a profile; errors in the findings fail with the profile exit code.
-pub fn load_profile(path: &std::path::Path) -> Result<LoadedProfile> {
-    let loaded = LoadedProfile::load(path).context(Stage::Profile)?;
-    let findings = check::check(&loaded);
-    for f in findings.iter().filter(|f| f.severity == Severity::Warning) {
-        tracing::warn!("{}: {}", path.display(), f.message);
+fn build_options(c: &BuildConfig) -> build::BuildOptions {
+    build::BuildOptions {
+        out: c.out.clone(),
+        mtime: c.source_date_epoch.unwrap_or(crate::archive::DEFAULT_MTIME),
+        limits: Limits { max_unpacked_bytes: c.max_unpacked_bytes, ..Limits::default() },
+        first_boot: c.first_boot,
     }
-    if check::has_errors(&findings) {
-        let text: Vec<String> =
-            findings.iter().filter(|f| f.severity == Severity::Error).map(|f| f.to_string()).collect();
-        return Err(anyhow::anyhow!("{}: {}", path.display(), text.join("\n")).context(Stage::Profile));
-    }
-    Ok(loaded)
+}
+
+/// Load and check a profile, logging its warnings: for the commands whose result has no
+/// place for them.
+fn load_profile(path: &std::path::Path) -> Result<LoadedProfile> {
+    Ok(CheckedProfile::load(path)?.logged())
 }
 
 fn run_check(c: &CheckConfig, json: bool) -> Result<()> {
-    let loaded = LoadedProfile::load(&c.profile.profile).context(Stage::Profile)?;
+    let loaded = LoadedProfile::load(&c.profile.profile).context(ExitClass::Profile)?;
     let findings = check::check(&loaded);
     let failed = check::has_errors(&findings) || (c.strict && !findings.is_empty());
     if json {
@@ -211,14 +150,14 @@ fn run_check(c: &CheckConfig, json: bool) -> Result<()> {
         let e = anyhow::anyhow!("{} finding(s) refuse {}", n, loaded.path.display());
         // The JSON document above is the whole answer; a second one would break parsers.
         let e = if json { e.context(Reported) } else { e };
-        return Err(e.context(Stage::Profile));
+        return Err(e.context(ExitClass::Profile));
     }
     Ok(())
 }
 
 fn run_render(c: &RenderConfig, json: bool) -> Result<()> {
     let loaded = load_profile(&c.profile.profile)?;
-    let rendered = render::render(&loaded).context(Stage::Profile)?;
+    let rendered = render::render(&loaded).context(ExitClass::Profile)?;
     if let Some(dir) = &c.out {
         write_rendered(&rendered, dir)?;
     }
@@ -271,7 +210,7 @@ fn write_rendered(rendered: &[Rendered], dir: &std::path::Path) -> Result<()> {
 fn fetcher(net: &NetConfig) -> Result<Fetcher> {
     let cache_dir = match &net.cache_dir {
         Some(d) => d.clone(),
-        None => crate::fetch::default_cache_dir().context(Stage::Fetch)?,
+        None => crate::fetch::default_cache_dir().context(ExitClass::Fetch)?,
     };
     let mut opts = FetchOptions::new(cache_dir);
     opts.mirror = net.mirror.clone();
@@ -281,7 +220,7 @@ fn fetcher(net: &NetConfig) -> Result<Fetcher> {
     opts.progress = std::io::stderr().is_terminal();
     opts.ca_cert = net.ca_cert.clone();
     opts.interrupt = interrupt().clone();
-    Fetcher::new(opts).context(Stage::Fetch)
+    Fetcher::new(opts).context(ExitClass::Fetch)
 }
 
 /// `--locked`: refuse, before anything is downloaded or created, a profile that differs from
@@ -318,11 +257,11 @@ fn run_fetch(c: &FetchConfig, json: bool) -> Result<()> {
     let loaded = load_profile(&c.profile.profile)?;
     enforce_lock(&loaded, &c.lock)?;
     let fetcher = fetcher(&c.net)?;
-    let fetched = build::fetch_sources(&loaded, &fetcher)?;
+    let fetched = crate::fetch::fetch_sources(&loaded, &fetcher)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&fetched)?);
+        println!("{}", serde_json::to_string_pretty(&fetched.all().collect::<Vec<_>>())?);
     } else {
-        for f in &fetched {
+        for f in fetched.all() {
             println!("{}  {:<11} {}  {}", f.sha256, f.kind, f.name, f.path.display());
         }
     }
@@ -333,13 +272,13 @@ fn run_fetch(c: &FetchConfig, json: bool) -> Result<()> {
 pub fn report_error(e: &anyhow::Error, json: bool) -> ExitCode {
     let interrupted =
         INTERRUPT.get().is_some_and(Interrupt::is_set) || e.chain().any(|c| c.is::<crate::io::Interrupted>());
-    let code: u8 = if interrupted { 130 } else { e.downcast_ref::<Stage>().map_or(1, |s| s.exit_code()) };
+    let code: u8 = if interrupted { 130 } else { e.downcast_ref::<ExitClass>().map_or(1, |s| s.exit_code()) };
     let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
     if e.downcast_ref::<Reported>().is_some() {
         return ExitCode::from(code);
     }
     if json {
-        let stage = e.downcast_ref::<Stage>().map(|s| s.to_string());
+        let stage = e.downcast_ref::<ExitClass>().map(|s| s.to_string());
         println!("{}", json!({ "error": chain.join(": "), "stage": stage, "exit_code": code }));
     } else {
         eprintln!("nodeforge: error: {}", chain.join("\n  caused by: "));

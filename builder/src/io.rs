@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::profile::Sha256Hex;
+use crate::digest::Sha256Hex;
 
 /// Hashes everything read through it.
 #[derive(Debug)]

@@ -21,11 +21,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::build::fetch_sources;
-use crate::commands::Stage;
-use crate::fetch::{Fetcher, parse_checksum_file, published_checksum};
+use crate::digest::Sha256Hex;
+use crate::exit::ExitClass;
+use crate::fetch::{FetchedImage, FetchedUpstream, Fetcher, fetch_sources, parse_checksum_file, published_checksum};
 use crate::output::write_atomic;
-use crate::profile::{LoadedProfile, Profile, Sha256Hex, SourceKind, redact_url_text};
+use crate::profile::{LoadedProfile, Profile, SourceKind, redact_url_text};
 use crate::version::Version;
 
 /// The lock file format this nodeforge writes and reads.
@@ -83,7 +83,7 @@ pub fn default_path(profile: &Path) -> PathBuf {
 
 /// Fetch every source and its published checksum file, check that the project publishes the
 /// digest the profile pins, and return the lock. A disagreement fails with both digests and
-/// both URLs ([`Stage::Fetch`]).
+/// both URLs ([`ExitClass::Fetch`]).
 pub fn lock(loaded: &LoadedProfile, fetcher: &Fetcher) -> Result<Lock> {
     let p = &loaded.profile;
     let upstream = p.upstream_sources();
@@ -95,14 +95,14 @@ pub fn lock(loaded: &LoadedProfile, fetcher: &Fetcher) -> Result<Lock> {
         let bytes = fetcher
             .fetch_unpinned(&published.url, &published.name, MAX_CHECKSUM_FILE_BYTES)
             .with_context(|| what.clone())
-            .context(Stage::Fetch)?;
+            .context(ExitClass::Fetch)?;
         let text = String::from_utf8(bytes)
             .map_err(|_| anyhow::anyhow!("{} is not text", redact_url_text(&published.url)))
             .with_context(|| what.clone())
-            .context(Stage::Fetch)?;
+            .context(ExitClass::Fetch)?;
         let digest = parse_checksum_file(&text, &published.name)
             .with_context(|| format!("{} ({})", what, redact_url_text(&published.url)))
-            .context(Stage::Fetch)?;
+            .context(ExitClass::Fetch)?;
         if digest != src.sha256 {
             return Err(anyhow::anyhow!(
                 "{} {}: the profile pins sha256 {} for {}, but {} publishes {}; check which one is right \
@@ -114,17 +114,16 @@ pub fn lock(loaded: &LoadedProfile, fetcher: &Fetcher) -> Result<Lock> {
                 redact_url_text(&published.url),
                 digest
             )
-            .context(Stage::Fetch));
+            .context(ExitClass::Fetch));
         }
         checksum_urls.push(redact_url_text(&published.url));
     }
     let fetched = fetch_sources(loaded, fetcher)?;
-    let (runtime, images) = fetched.split_at(upstream.len());
-    let sources = upstream
+    let sources = fetched
+        .upstream
         .into_iter()
-        .zip(runtime)
         .zip(checksum_urls)
-        .map(|((src, got), checksum_url)| LockedSource {
+        .map(|(FetchedUpstream { source: src, got }, checksum_url)| LockedSource {
             kind: src.kind,
             version: src.version,
             url: redact_url_text(&src.url),
@@ -133,11 +132,10 @@ pub fn lock(loaded: &LoadedProfile, fetcher: &Fetcher) -> Result<Lock> {
             checksum_url,
         })
         .collect();
-    let images = p
+    let images = fetched
         .images
-        .iter()
-        .zip(images)
-        .map(|(img, got)| LockedImage {
+        .into_iter()
+        .map(|FetchedImage { image: img, got }| LockedImage {
             reference: img.reference.to_string(),
             source: img.shown_source(),
             sha256: got.sha256,
@@ -213,9 +211,9 @@ impl Lock {
     }
 }
 
-/// `--locked`: refuse a profile that differs from its lock ([`Stage::Profile`]).
+/// `--locked`: refuse a profile that differs from its lock ([`ExitClass::Profile`]).
 pub fn enforce(loaded: &LoadedProfile, lock_path: &Path) -> Result<()> {
-    let lock = Lock::load(lock_path).context(Stage::Profile)?;
+    let lock = Lock::load(lock_path).context(ExitClass::Profile)?;
     let mismatches = lock.mismatches(&loaded.profile);
     if !mismatches.is_empty() {
         return Err(anyhow::anyhow!(
@@ -225,7 +223,7 @@ pub fn enforce(loaded: &LoadedProfile, lock_path: &Path) -> Result<()> {
             mismatches.join("\n  "),
             loaded.path.display()
         )
-        .context(Stage::Profile));
+        .context(ExitClass::Profile));
     }
     Ok(())
 }

@@ -12,9 +12,10 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::archive::ArtifactInfo;
+use crate::digest::Sha256Hex;
 use crate::output::write_atomic;
 use crate::overlay::{EntryKind, Origin, Overlay};
-use crate::profile::{LoadedProfile, Profile, Sha256Hex, redact_url_text};
+use crate::profile::{LoadedProfile, Profile};
 
 pub const MANIFEST_NAME: &str = "manifest.json";
 pub const SHA256SUMS_NAME: &str = "SHA256SUMS";
@@ -55,22 +56,6 @@ pub struct SourceRecord {
     /// What it is: `bundle`, `containerd`, `runc`, `cni-plugins`, `crictl`, `kubelet`,
     /// `kubeadm`, `kubectl` or `image`. Last, so records still sort by URL.
     pub kind: String,
-}
-
-/// The sources a profile names, with the digests it pins. A caller that fetched from a
-/// mirror records the URL it actually used instead.
-pub fn sources_from_profile(profile: &Profile) -> Vec<SourceRecord> {
-    let mut sources: Vec<SourceRecord> = profile
-        .upstream_sources()
-        .into_iter()
-        .map(|u| SourceRecord { kind: u.kind.to_string(), url: redact_url_text(&u.url), sha256: u.sha256 })
-        .collect();
-    sources.extend(profile.images.iter().map(|i| SourceRecord {
-        kind: "image".into(),
-        url: i.shown_source(),
-        sha256: i.sha256,
-    }));
-    sources
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -190,6 +175,7 @@ pub fn write_sha256sums(dir: &Path, artifacts: &[ArtifactInfo]) -> Result<()> {
 mod tests {
     use super::*;
     use crate::overlay::Content;
+    use crate::profile::redact_url_text;
 
     fn loaded() -> LoadedProfile {
         let text = format!(
@@ -199,6 +185,22 @@ mod tests {
         );
         let profile = Profile::parse(&text).expect("test profile parses");
         LoadedProfile { path: "profiles/m.toml".into(), profile, sha256: Sha256Hex([7; 32]) }
+    }
+
+    /// The sources a profile names, with the digests it pins. A caller that fetched from a
+    /// mirror records the URL it actually used instead.
+    fn sources_from_profile(profile: &Profile) -> Vec<SourceRecord> {
+        let mut sources: Vec<SourceRecord> = profile
+            .upstream_sources()
+            .into_iter()
+            .map(|u| SourceRecord { kind: u.kind.to_string(), url: redact_url_text(&u.url), sha256: u.sha256 })
+            .collect();
+        sources.extend(profile.images.iter().map(|i| SourceRecord {
+            kind: "image".into(),
+            url: i.shown_source(),
+            sha256: i.sha256,
+        }));
+        sources
     }
 
     fn artifact(name: &str, byte: u8) -> ArtifactInfo {

@@ -15,7 +15,7 @@ use anyhow::{Result, bail};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::profile::Sha256Hex;
+use crate::digest::Sha256Hex;
 
 /// A normalised path relative to `/`: no leading `/`, no empty, `.` or `..` components.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]

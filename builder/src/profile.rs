@@ -13,6 +13,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::digest::Sha256Hex;
 pub use crate::duration::GoDuration;
 use crate::imageref::ImageRef;
 use crate::version::Version;
@@ -417,30 +418,6 @@ pub struct Seed {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ssh_authorized_keys: Vec<String>,
 }
-
-/// A lowercase hex SHA-256 digest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Sha256Hex(pub [u8; 32]);
-
-impl fmt::Display for Sha256Hex {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&hex::encode(self.0))
-    }
-}
-
-impl std::str::FromStr for Sha256Hex {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let s = s.strip_prefix("sha256:").unwrap_or(s);
-        let mut out = [0u8; 32];
-        if s.len() != 64 || hex::decode_to_slice(s.to_ascii_lowercase(), &mut out).is_err() {
-            return Err(format!("`{s}` is not a SHA-256 digest (64 hex characters)"));
-        }
-        Ok(Self(out))
-    }
-}
-
-crate::serde_via_str!(Sha256Hex);
 
 /// The largest profile read: the shipped ones are 2 KiB.
 pub const MAX_PROFILE_BYTES: u64 = 1 << 20;

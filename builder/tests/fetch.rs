@@ -13,9 +13,9 @@ use std::sync::{Barrier, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use nodeforge::digest::Sha256Hex;
 use nodeforge::fetch::{Artifact, FetchError, FetchOptions, Fetcher};
 use nodeforge::io::{Interrupt, Interrupted};
-use nodeforge::profile::Sha256Hex;
 use sha2::{Digest, Sha256};
 use url::Url;
 

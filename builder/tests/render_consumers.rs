@@ -374,22 +374,9 @@ fn v3_configs_match_the_documented_layout() {
     assert_eq!(bad.len(), 3, "{bad:?}");
 }
 
-/// A stand-in for the kubelet package's base unit (kubernetes/release kubelet.service).
-const KUBELET_SERVICE: &str = "[Unit]
-Description=kubelet: The Kubernetes Node Agent
-Documentation=https://kubernetes.io/docs/
-Wants=network-online.target
-After=network-online.target
-
-[Service]
-ExecStart=/usr/bin/kubelet
-Restart=always
-StartLimitInterval=0
-RestartSec=10
-
-[Install]
-WantedBy=multi-user.target
-";
+/// A stand-in for the kubelet package's base unit (kubernetes/release kubelet.service): the
+/// one test-vm injects into nodes without a kubelet of their own.
+const KUBELET_SERVICE: &str = include_str!("../../overlays/test-vm/kubelet.service");
 
 /// A stand-in for kubeadm's 10-kubeadm.conf as the deb installs it (runtime-facts §4.2).
 const KUBEADM_DROPIN: &str = "[Service]

@@ -11,10 +11,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use nodeforge::archive::{self, ArtifactInfo, CPIO_GZ_NAME, TAR_GZ_NAME};
+use nodeforge::digest::Sha256Hex;
 use nodeforge::io::Interrupt;
 use nodeforge::manifest::{self, Manifest};
 use nodeforge::overlay::{Content, EntryKind, Origin, Overlay};
-use nodeforge::profile::{LoadedProfile, Profile, Sha256Hex};
+use nodeforge::profile::{LoadedProfile, Profile, redact_url_text};
 use nodeforge::seed::{self, SeedFiles, UserData, WriteFile};
 use sha2::{Digest, Sha256};
 
@@ -352,6 +353,21 @@ fn a_failure_mid_write_leaves_nothing_behind() {
     assert_eq!(only_entries(&out), Vec::<String>::new());
 }
 
+/// The sources the profile names, as a build that fetched them from upstream records them.
+fn sources_from_profile(profile: &Profile) -> Vec<manifest::SourceRecord> {
+    let mut sources: Vec<manifest::SourceRecord> = profile
+        .upstream_sources()
+        .into_iter()
+        .map(|u| manifest::SourceRecord { kind: u.kind.to_string(), url: redact_url_text(&u.url), sha256: u.sha256 })
+        .collect();
+    sources.extend(profile.images.iter().map(|i| manifest::SourceRecord {
+        kind: "image".into(),
+        url: i.shown_source(),
+        sha256: i.sha256,
+    }));
+    sources
+}
+
 fn profile(dir: &Path) -> LoadedProfile {
     let text = format!(
         "name = \"worker-1\"\n[kubernetes]\nversion = \"1.30.2\"\n[containerd]\nversion = \"1.7.27\"\n\
@@ -477,7 +493,7 @@ fn manifest_and_sha256sums_cover_the_artifacts() {
     fs::create_dir(&out).unwrap();
     let mut artifacts = write_both(&o, &out, MTIME).to_vec();
     artifacts.push(seed::write_seed_image(&seed::seed_files(&p).unwrap(), &out.join(seed::SEED_IMAGE_NAME)).unwrap());
-    let m = Manifest::new(&p, manifest::sources_from_profile(&p.profile), &o, artifacts.clone(), MTIME);
+    let m = Manifest::new(&p, sources_from_profile(&p.profile), &o, artifacts.clone(), MTIME);
     artifacts.push(m.write(&out).unwrap());
     manifest::write_sha256sums(&out, &artifacts).unwrap();
 
@@ -497,7 +513,7 @@ fn manifest_and_sha256sums_cover_the_artifacts() {
     let names: Vec<&str> = json["artifacts"].as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap()).collect();
     assert_eq!(names, [CPIO_GZ_NAME, TAR_GZ_NAME, seed::SEED_IMAGE_NAME]);
     // Same inputs, same manifest bytes.
-    let again = Manifest::new(&p, manifest::sources_from_profile(&p.profile), &o, artifacts[..3].to_vec(), MTIME);
+    let again = Manifest::new(&p, sources_from_profile(&p.profile), &o, artifacts[..3].to_vec(), MTIME);
     assert_eq!(again.to_json().unwrap(), fs::read(out.join(manifest::MANIFEST_NAME)).unwrap());
 }
 

@@ -2,23 +2,18 @@
 //! artifacts, through the nodeforge library so the harness and the builder cannot disagree
 //! about defaults (the sandbox image, the CRI API of a containerd line).
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use nodeforge::profile::Profile;
+use nodeforge::profile::{self, Profile};
 use nodeforge::{compat, render};
 
-use crate::protocol::{AGENT_STAGES, Expectations};
-
-/// The endpoint nodeforge renders into containerd, crictl and the kubelet drop-in.
-pub const CRI_ENDPOINT: &str = "unix:///run/containerd/containerd.sock";
+use nodeforge_wire::{CgroupDriver, CriApi, DEFAULT_TEST_IMAGE, Expect, StageTimeouts};
 
 /// The agent's per-stage limits in seconds, sized for TCG on two cores (vm-facts: cloud-init
 /// finishes ~40 s after boot, a first pod takes 3–7 s, containerd starts in under a second).
-pub fn default_stage_timeouts() -> BTreeMap<String, u64> {
-    let limits = [120, 120, 90, 60, 120, 30];
-    AGENT_STAGES.iter().zip(limits).map(|(s, t)| ((*s).to_owned(), t)).collect()
+pub fn default_stage_timeouts() -> StageTimeouts {
+    StageTimeouts { boot: 120, cloud_init: 120, containerd: 90, cri: 60, pod: 120, kubelet_config: 30 }
 }
 
 /// Read the profile back out of a build's manifest (`profile.profile` holds it with its
@@ -34,18 +29,26 @@ pub fn profile_from_manifest(path: &Path) -> Result<Profile> {
     serde_json::from_value(profile).with_context(|| format!("reading the profile recorded in {}", path.display()))
 }
 
-pub fn expectations(profile: &Profile) -> Expectations {
+pub fn expectations(profile: &Profile) -> Expect {
     let containerd = &profile.containerd.version;
-    Expectations {
-        cri_endpoint_default: CRI_ENDPOINT.to_owned(),
+    Expect {
+        // The endpoint nodeforge renders into containerd, crictl and the kubelet drop-in.
+        cri_endpoint_default: render::CONTAINERD_SOCKET.to_owned(),
         sandbox_image: render::sandbox_image(profile).to_string(),
         images: profile.images.iter().map(|i| i.reference.to_string()).collect(),
-        cni_subnet: profile.node.cni_subnet.to_string(),
-        cgroup_driver: profile.node.cgroup_driver.to_string(),
-        cri_api: compat::containerd_cri_api(containerd).as_str().to_owned(),
+        cni_subnet: profile.node.cni_subnet.into(),
+        cgroup_driver: match profile.node.cgroup_driver {
+            profile::CgroupDriver::Systemd => CgroupDriver::Systemd,
+            profile::CgroupDriver::Cgroupfs => CgroupDriver::Cgroupfs,
+        },
+        cri_api: match compat::containerd_cri_api(containerd) {
+            compat::CriApi::V1 => CriApi::V1,
+            compat::CriApi::V1alpha2 => CriApi::V1alpha2,
+        },
         containerd_version: containerd.to_string(),
         stage_timeouts_s: default_stage_timeouts(),
-        join_log: Some(nodeforge::seed::join::JOIN_LOG_PATH.to_owned()),
+        test_image: DEFAULT_TEST_IMAGE.to_owned(),
+        join_log: Some(nodeforge::seed::join::JOIN_LOG_PATH.into()),
         join_stage_follows: false,
     }
 }
@@ -72,11 +75,11 @@ mod tests {
         let f = manifest("");
         let e = expectations(&profile_from_manifest(f.path()).unwrap());
         assert_eq!(e.sandbox_image, "registry.k8s.io/pause:3.9");
-        assert_eq!(e.cri_api, "v1");
-        assert_eq!(e.cgroup_driver, "systemd");
-        assert_eq!(e.cni_subnet, "10.88.0.0/16");
+        assert_eq!(e.cri_api, CriApi::V1);
+        assert_eq!(e.cgroup_driver, CgroupDriver::Systemd);
+        assert_eq!(e.cni_subnet.to_string(), "10.88.0.0/16");
         assert_eq!(e.containerd_version, "1.6.20");
-        assert_eq!(e.stage_timeouts_s["pod"], 120);
+        assert_eq!(e.stage_timeouts_s.pod, 120);
     }
 
     #[test]
@@ -85,7 +88,7 @@ mod tests {
             "[node]\ncgroup_driver = \"cgroupfs\"\ncni_subnet = \"10.99.0.0/16\"\nsandbox_image = \"example.com/p:1\"\n",
         );
         let e = expectations(&profile_from_manifest(f.path()).unwrap());
-        assert_eq!((e.cgroup_driver.as_str(), e.cni_subnet.as_str()), ("cgroupfs", "10.99.0.0/16"));
+        assert_eq!((e.cgroup_driver, e.cni_subnet.to_string().as_str()), (CgroupDriver::Cgroupfs, "10.99.0.0/16"));
         assert_eq!(e.sandbox_image, "example.com/p:1");
     }
 

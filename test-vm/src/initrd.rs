@@ -9,7 +9,7 @@
 //! Layout appended:
 //! ```text
 //! /nodeforge/agent                                                  0755  the agent binary
-//! /nodeforge/expect.json                                            0644  Expectations
+//! /nodeforge/expect.json                                            0644  Expect (nodeforge-wire)
 //! /nodeforge/units/nodeforge-agent.service                          0644
 //! /nodeforge/units/kubelet.service                                  0644  stand-in, never starts;
 //!                                                                         only for a node without
@@ -28,44 +28,20 @@ use nodeforge::archive::write_cpio;
 use nodeforge::io::{HashingReader, Interrupt};
 use nodeforge::overlay::{Content, Origin, Overlay};
 
-use crate::protocol::Expectations;
+use crate::protocol::Expect;
 
-pub const AGENT_UNIT: &str = "[Unit]
-Description=nodeforge test agent: checks the node stage by stage and reports to the harness
-# The harness, not systemd, decides how long a stage may take.
-After=basic.target
-
-[Service]
-Type=simple
-ExecStart=/run/nodeforge/agent /run/nodeforge/expect.json
-# Its own log also reaches the serial console, next to the units it checks.
-StandardOutput=journal+console
-StandardError=journal+console
-
-[Install]
-WantedBy=multi-user.target
-";
+/// The guest agent's unit: it starts the agent once the node reaches basic.target.
+pub const AGENT_UNIT: &str = include_str!("../../overlays/test-vm/nodeforge-agent.service");
+/// Where [`AGENT_UNIT`] lives in the repository, as the archive's manifest names it.
+pub const AGENT_UNIT_SOURCE: &str = "overlays/test-vm/nodeforge-agent.service";
 
 /// Shaped like the base unit of the kubeadm/kubelet packages, so systemd merges nodeforge's
 /// kubelet drop-in onto it and the agent can read the result with `systemctl cat`/`show`.
 /// No kubelet is installable here: the condition keeps the unit from ever starting (a
 /// skipped condition is not a failure), and it is not enabled.
-pub const KUBELET_STUB_UNIT: &str = "[Unit]
-Description=kubelet: The Kubernetes Node Agent (nodeforge test stand-in)
-Documentation=https://kubernetes.io/docs/
-Wants=network-online.target
-After=network-online.target
-ConditionPathExists=/usr/bin/kubelet
-
-[Service]
-ExecStart=/usr/bin/kubelet
-Restart=always
-StartLimitInterval=0
-RestartSec=10
-
-[Install]
-WantedBy=multi-user.target
-";
+pub const KUBELET_STUB_UNIT: &str = include_str!("../../overlays/test-vm/kubelet.service");
+/// Where [`KUBELET_STUB_UNIT`] lives in the repository.
+pub const KUBELET_STUB_UNIT_SOURCE: &str = "overlays/test-vm/kubelet.service";
 
 /// Whether the node brings its own kubelet: a profile with a kubelet binary renders
 /// kubelet.service, which a unit in /run/systemd/system would shadow.
@@ -76,7 +52,7 @@ pub fn node_has_kubelet(profile: &nodeforge::profile::Profile) -> bool {
 /// The archive's entries as a nodeforge overlay, so it is written by the same deterministic
 /// cpio writer as the node overlay itself. `stub_kubelet` adds the stand-in kubelet unit, for
 /// nodes that have no kubelet of their own.
-pub fn agent_overlay(agent: &Path, expect: &Expectations, stub_kubelet: bool) -> Result<Overlay> {
+pub fn agent_overlay(agent: &Path, expect: &Expect, stub_kubelet: bool) -> Result<Overlay> {
     let file =
         File::open(agent).with_context(|| format!("the agent binary {} (pass --agent PATH)", agent.display()))?;
     let mut hashing = HashingReader::new(file);
@@ -90,9 +66,11 @@ pub fn agent_overlay(agent: &Path, expect: &Expectations, stub_kubelet: bool) ->
     json.push(b'\n');
     o.add_file("nodeforge/expect.json", 0o644, Content::Inline(json), origin("expect"))?;
     let unit = |text: &str| Content::Inline(text.as_bytes().to_vec());
-    o.add_file("nodeforge/units/nodeforge-agent.service", 0o644, unit(AGENT_UNIT), origin("unit"))?;
+    let file_origin = |source: &str| Origin::Static { source: source.to_owned() };
+    o.add_file("nodeforge/units/nodeforge-agent.service", 0o644, unit(AGENT_UNIT), file_origin(AGENT_UNIT_SOURCE))?;
     if stub_kubelet {
-        o.add_file("nodeforge/units/kubelet.service", 0o644, unit(KUBELET_STUB_UNIT), origin("unit"))?;
+        let stub = unit(KUBELET_STUB_UNIT);
+        o.add_file("nodeforge/units/kubelet.service", 0o644, stub, file_origin(KUBELET_STUB_UNIT_SOURCE))?;
     }
     o.add_symlink(
         "nodeforge/units/multi-user.target.wants/nodeforge-agent.service",
@@ -139,7 +117,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let agent = dir.path().join("agent");
         std::fs::write(&agent, b"#!/bin/sh\n").unwrap();
-        let e = Expectations {
+        let e = Expect {
             stage_timeouts_s: default_stage_timeouts(),
             ..expectations(&nodeforge::profile::Profile::parse(PROFILE).unwrap())
         };

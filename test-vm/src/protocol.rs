@@ -1,23 +1,16 @@
 //! The wire contract between the harness and the guest agent (`nodeforge-agent`).
 //!
-//! The event kinds, the stage names and the port come from the agent crate itself. The harness
-//! reads events into its own lenient struct — unknown fields are ignored, `message` and
+//! The port, the stages, the event kinds and the expectations file are `nodeforge-wire`'s,
+//! shared with the agent. The harness reads events into its own lenient struct — unknown fields are ignored, `message` and
 //! `detail` may be missing, an unknown stage is reported rather than refused by serde — and is
 //! strict where a mistake would hide a failure (an unknown `event` value is a protocol error).
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
-/// The virtio-serial port name the agent writes its events to (it opens
-/// `/dev/virtio-ports/<name>`).
-pub const AGENT_PORT: &str = "org.nodeforge.agent";
+pub use nodeforge_wire::{AGENT_PORT, EventKind, Expect, Stage};
 
 /// The stage name of the agent's final event.
-pub const DONE: &str = "done";
-
-/// The stages the agent runs, in order. The harness adds its own stage 0, `kernel`.
-pub const AGENT_STAGES: [&str; 6] = ["boot", "cloud-init", "containerd", "cri", "pod", "kubelet-config"];
+pub const DONE: &str = Stage::Done.name();
 
 /// One line the agent writes: `{"stage": "...", "event": "start"|"pass"|"fail", ...}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -34,8 +27,6 @@ pub struct AgentEvent {
     pub detail: serde_json::Value,
 }
 
-pub use nodeforge_agent::EventKind;
-
 impl AgentEvent {
     /// Parse one line; blank lines are `Ok(None)`. Anything else that is not an event is an
     /// error carrying the line, so a garbled channel is reported rather than waited out.
@@ -48,63 +39,22 @@ impl AgentEvent {
     }
 }
 
-/// `expect.json`: what the agent checks the node against, derived from the build manifest.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Expectations {
-    pub cri_endpoint_default: String,
-    pub sandbox_image: String,
-    /// Every preloaded image reference, the sandbox image included.
-    pub images: Vec<String>,
-    pub cni_subnet: String,
-    pub cgroup_driver: String,
-    /// `v1` or `v1alpha2`.
-    pub cri_api: String,
-    pub containerd_version: String,
-    /// The agent's own per-stage limits; the harness allows a little more (see `run`).
-    pub stage_timeouts_s: BTreeMap<String, u64>,
-    /// Where the seed's `kubeadm join` writes its output: a failed cloud-init quotes it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub join_log: Option<String>,
-    /// The harness runs the `join` stage after the agent's (the agent then leaves a failed
-    /// `kubeadm join` to it).
-    #[serde(default)]
-    pub join_stage_follows: bool,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn the_port_and_stages_are_the_agents() {
-        assert_eq!(nodeforge_agent::report::VIRTIO_PORT, format!("/dev/virtio-ports/{AGENT_PORT}"));
-        let names: Vec<&str> = nodeforge_agent::Stage::CHECKS.iter().map(|s| s.name()).collect();
-        assert_eq!(names, AGENT_STAGES);
-        assert_eq!(nodeforge_agent::Stage::Done.name(), DONE);
-    }
-
-    #[test]
-    fn the_agent_accepts_the_expectations_the_harness_writes() {
-        let e = Expectations {
-            cri_endpoint_default: "unix:///run/containerd/containerd.sock".into(),
-            sandbox_image: "registry.k8s.io/pause:3.9".into(),
-            images: vec!["registry.k8s.io/pause:3.9".into()],
-            cni_subnet: "10.244.7.0/24".into(),
-            cgroup_driver: "cgroupfs".into(),
-            cri_api: "v1alpha2".into(),
-            containerd_version: "1.5.18".into(),
-            stage_timeouts_s: crate::expect::default_stage_timeouts(),
-            join_log: Some("/var/log/nodeforge/kubeadm-join.log".into()),
-            join_stage_follows: true,
+    fn the_lenient_reading_takes_what_the_agent_writes() {
+        let sent = nodeforge_wire::Event {
+            stage: Stage::KubeletConfig,
+            event: EventKind::Fail,
+            elapsed_ms: 12,
+            message: "m".into(),
+            detail: serde_json::json!({"k": 1}).as_object().cloned().unwrap(),
         };
-        let parsed: nodeforge_agent::Expect = serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
-        assert_eq!(parsed.cgroup_driver, nodeforge_agent::CgroupDriver::Cgroupfs);
-        assert_eq!(parsed.cri_api, nodeforge_agent::CriApi::V1alpha2);
-        assert_eq!(parsed.stage_timeouts_s.pod, e.stage_timeouts_s["pod"]);
-        assert_eq!(parsed.stage_timeouts_s.cloud_init, e.stage_timeouts_s["cloud-init"]);
-        assert_eq!(parsed.join_log.as_deref(), Some(std::path::Path::new("/var/log/nodeforge/kubeadm-join.log")));
-        assert!(parsed.join_stage_follows);
+        let e = AgentEvent::parse_line(&sent.to_line()).unwrap().unwrap();
+        assert_eq!((e.stage.as_str(), e.event, e.elapsed_ms), ("kubelet-config", EventKind::Fail, 12));
+        assert_eq!(e.detail["k"], 1);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::cli::BootConfig;
 use crate::expect::{expectations, profile_from_manifest};
 use crate::initrd;
 use crate::join::{self, JOIN_STAGE, JoinSpec};
-use crate::protocol::{AGENT_STAGES, AgentEvent};
+use crate::protocol::{AgentEvent, Stage};
 use crate::qemu::{self, Guest, Qemu};
 use crate::report::{AccelAttempt, Failure, Report, extract_results};
 use crate::seed;
@@ -90,18 +90,19 @@ pub fn boot(cfg: &BootConfig, interrupt: &Interrupt) -> Result<Outcome> {
     for o in &cfg.vm.stage_timeouts {
         if o.stage == KERNEL_STAGE {
             kernel_timeout = o.seconds;
-        } else if AGENT_STAGES.contains(&o.stage.as_str()) {
-            expect.stage_timeouts_s.insert(o.stage.clone(), o.seconds);
+        } else if let Some(stage) = Stage::CHECKS.into_iter().find(|s| s.name() == o.stage) {
+            expect.stage_timeouts_s.set(stage, o.seconds);
         } else {
-            anyhow::bail!("--stage-timeout: unknown stage `{}` (kernel, {})", o.stage, AGENT_STAGES.join(", "));
+            let names: Vec<&str> = Stage::CHECKS.iter().map(|s| s.name()).collect();
+            anyhow::bail!("--stage-timeout: unknown stage `{}` (kernel, {})", o.stage, names.join(", "));
         }
     }
     let join = join_spec(cfg, &expect.containerd_version, &profile)?;
     expect.join_stage_follows = join.is_some();
     let mut stage_list = vec![(KERNEL_STAGE.to_owned(), Duration::from_secs(kernel_timeout))];
-    for s in AGENT_STAGES {
-        let agent_limit = expect.stage_timeouts_s.get(s).copied().unwrap_or(120);
-        stage_list.push((s.to_owned(), Duration::from_secs(agent_limit + AGENT_GRACE_S)));
+    for s in Stage::CHECKS {
+        let agent_limit = expect.stage_timeouts_s.seconds(s);
+        stage_list.push((s.name().to_owned(), Duration::from_secs(agent_limit + AGENT_GRACE_S)));
     }
     if let Some(j) = &join {
         stage_list.push((JOIN_STAGE.to_owned(), j.timeout + Duration::from_secs(AGENT_GRACE_S)));
@@ -166,8 +167,18 @@ pub fn boot(cfg: &BootConfig, interrupt: &Interrupt) -> Result<Outcome> {
         }
         let args = guest.args(accel);
         qemu_command = qemu::shell_line(cfg.vm.qemu.as_os_str(), &args);
-        let end =
-            attempt(cfg, &args, &work, accel, probing, &mut tracker, run_start, deadline, join.as_ref(), interrupt)?;
+        let this = Attempt {
+            cfg,
+            args: &args,
+            work: &work,
+            accel,
+            probing,
+            run_start,
+            deadline,
+            join: join.as_ref(),
+            interrupt,
+        };
+        let end = attempt(this, &mut tracker)?;
         match end {
             AttemptEnd::Abandoned(reason) => attempts.push(AccelAttempt { accel, outcome: reason }),
             AttemptEnd::Decided { interrupted: i, vm } => {
@@ -264,19 +275,23 @@ enum AttemptEnd {
     },
 }
 
-#[allow(clippy::too_many_arguments)]
-fn attempt(
-    cfg: &BootConfig,
-    args: &[OsString],
-    work: &Path,
+/// One try at booting the node under one accelerator, and what it needs from the run.
+struct Attempt<'a> {
+    cfg: &'a BootConfig,
+    /// QEMU's arguments for this accelerator.
+    args: &'a [OsString],
+    work: &'a Path,
     accel: Accel,
+    /// Another accelerator follows: give this one up if the guest does not start.
     probing: bool,
-    tracker: &mut Tracker,
     run_start: Instant,
     deadline: Instant,
-    join: Option<&JoinSpec>,
-    interrupt: &Interrupt,
-) -> Result<AttemptEnd> {
+    join: Option<&'a JoinSpec>,
+    interrupt: &'a Interrupt,
+}
+
+fn attempt(a: Attempt<'_>, tracker: &mut Tracker) -> Result<AttemptEnd> {
+    let Attempt { cfg, args, work, accel, probing, run_start, deadline, join, interrupt } = a;
     let stderr_log = work.join(format!("qemu-{accel}.log"));
     let mut vm = Qemu::spawn(cfg.vm.qemu.as_os_str(), args, &stderr_log)?;
     let started = Instant::now();

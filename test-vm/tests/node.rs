@@ -18,10 +18,6 @@
 #![cfg(feature = "join")] // the control plane and the join stage are kube-rs
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
-#[path = "../../builder/tests/common/http_server.rs"]
-#[allow(dead_code)] // shared with builder's tests, which use more of it
-mod http_server;
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -29,7 +25,7 @@ use std::process::{Command, Output};
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
-use http_server::TestServer;
+use test_support::http_server::TestServer;
 use test_vm::cluster::{ControlPlane, ControlPlaneConfig};
 
 fn repo_root() -> PathBuf {

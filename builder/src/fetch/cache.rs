@@ -10,9 +10,9 @@ use anyhow::{Context, Result};
 use tempfile::NamedTempFile;
 
 use super::{CachedFile, copy_interruptibly};
+use crate::digest::Sha256Hex;
 use crate::io::{HashingReader, Interrupt, Interrupted, NotRegularFile, open_regular};
 use crate::output;
-use crate::profile::Sha256Hex;
 
 /// How often a waiting build retries a lock another build holds.
 const LOCK_POLL: Duration = Duration::from_millis(100);

@@ -2,7 +2,8 @@
 
 use anyhow::{Result, bail};
 
-use crate::profile::{Sha256Hex, SourceKind, UpstreamSource};
+use crate::digest::Sha256Hex;
+use crate::profile::{SourceKind, UpstreamSource};
 
 /// Where a project publishes the digest of one of its downloads, and the name to look up in
 /// that file.

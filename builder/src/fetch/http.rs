@@ -9,8 +9,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use url::Url;
 
 use super::{FetchError, FetchOptions, copy_interruptibly, io_cause};
+use crate::digest::Sha256Hex;
 use crate::io::{HashingReader, Interrupted, LimitReader, SizeLimitExceeded};
-use crate::profile::Sha256Hex;
 
 /// A CA bundle the size of a distribution's whole trust store is about 200 KiB.
 const MAX_CA_FILE_BYTES: u64 = 4 << 20;

@@ -27,6 +27,7 @@
 mod cache;
 mod checksum;
 mod http;
+mod sources;
 
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -37,8 +38,9 @@ use url::Url;
 
 pub use self::checksum::{PublishedChecksum, parse_checksum_file, published_checksum};
 pub use self::http::{mirror_url, redact_url};
+pub use self::sources::{Fetched, FetchedImage, FetchedSource, FetchedUpstream, fetch_sources};
+use crate::digest::Sha256Hex;
 use crate::io::{HashingReader, Interrupt, Interrupted, LimitReader, SizeLimitExceeded, open_regular};
-use crate::profile::Sha256Hex;
 
 /// Environment variable that replaces the default cache directory.
 pub const CACHE_DIR_ENV: &str = "NODEFORGE_CACHE_DIR";

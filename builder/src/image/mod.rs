@@ -2,7 +2,7 @@
 //! node — `disk.raw`/`disk.qcow2` (ext4, label `root`), the base's kernel as `vmlinuz`, a
 //! small `initrd.img` that mounts the disk, and `rootfs.cpio.gz` for netboot.
 //!
-//! It runs inside `build::build_with`, so the image artifacts are committed together with the
+//! It adds its artifacts to a [`Pending`] build, so they are committed together with the
 //! overlay archives, listed in the manifest and `SHA256SUMS`, and nothing partial is ever
 //! visible in `--out`.
 
@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 use crate::archive::ArtifactInfo;
-use crate::build::Extra;
-use crate::io::HashingReader;
+use crate::build::Pending;
+use crate::io::{HashingReader, Interrupt};
 use disk::DiskSize;
 
 #[derive(Debug, Clone)]
@@ -82,19 +82,26 @@ fn file_name(p: &Path) -> Result<String> {
     p.file_name().and_then(|n| n.to_str()).map(str::to_owned).with_context(|| format!("{} has no name", p.display()))
 }
 
-/// The image step, run by `build_with` once the overlay artifacts exist.
-pub fn write_image(opts: &ImageOptions, x: &Extra) -> Result<Vec<ArtifactInfo>> {
-    let root = x.scratch.join("rootfs");
+/// The image step: write the image artifacts beside a pending build's own and add them to it.
+pub fn add_image(opts: &ImageOptions, pending: &mut Pending, interrupt: &Interrupt) -> Result<()> {
+    let more = write_image(opts, pending, interrupt)?;
+    pending.add_artifacts(more);
+    Ok(())
+}
+
+fn write_image(opts: &ImageOptions, x: &Pending, interrupt: &Interrupt) -> Result<Vec<ArtifactInfo>> {
+    let (pending_dir, scratch, mtime) = (x.dir(), x.scratch(), x.mtime());
+    let root = scratch.join("rootfs");
     fs::create_dir(&root)?;
     tracing::info!("staging the base {}", opts.base.display());
-    let staged = stage::stage_base(&opts.base, &root, x.interrupt)?;
+    let staged = stage::stage_base(&opts.base, &root, interrupt)?;
     for s in &staged.skipped_special {
         tracing::warn!("base: left out special file {s} (/dev is a devtmpfs on the node)");
     }
     if opts.first_boot {
         tracing::info!("--first-boot: the disk is the base alone; the seed carries the overlay");
     } else {
-        stage::apply_overlay(&root, x.overlay, x.mtime, x.interrupt).context("applying the overlay to the base")?;
+        stage::apply_overlay(&root, x.overlay(), mtime, interrupt).context("applying the overlay to the base")?;
     }
 
     let kver = kernel_version(&root)?;
@@ -104,35 +111,35 @@ pub fn write_image(opts: &ImageOptions, x: &Extra) -> Result<Vec<ArtifactInfo>> 
 
     let mut out = Vec::new();
     let vmlinuz = stage::resolve_in_root(&root, &format!("boot/vmlinuz-{kver}"), true)?;
-    out.push(copy_artifact(&vmlinuz, &x.pending.join("vmlinuz"))?);
-    out.push(initramfs::write_initrd(&x.pending.join(initramfs::INITRD_NAME), &busybox, &boot_modules, x.mtime)?);
-    x.interrupt.check()?;
+    out.push(copy_artifact(&vmlinuz, &pending_dir.join("vmlinuz"))?);
+    out.push(initramfs::write_initrd(&pending_dir.join(initramfs::INITRD_NAME), &busybox, &boot_modules, mtime)?);
+    interrupt.check()?;
 
     // The overlay's identity is its tar archive's digest (the build's first artifact).
-    let overlay_digest = x.artifacts.first().map(|a| a.sha256.0).unwrap_or_default();
+    let overlay_digest = x.artifacts().first().map(|a| a.sha256.0).unwrap_or_default();
     let (uuid, hash_seed) =
         disk::identity(&[&staged.digest.0, &overlay_digest, opts.disk_size.0.to_le_bytes().as_slice()]);
-    let raw = x.pending.join(disk::RAW_NAME);
+    let raw = pending_dir.join(disk::RAW_NAME);
     tracing::info!("mkfs.ext4 {} ({})", raw.display(), opts.disk_size);
-    disk::make_ext4(&raw, &root, opts.disk_size, &uuid, &hash_seed, x.mtime)?;
-    let unpinned = disk::pin_ctimes(&raw, &root, &x.scratch.join("debugfs-ctimes"), x.mtime)?;
+    disk::make_ext4(&raw, &root, opts.disk_size, &uuid, &hash_seed, mtime)?;
+    let unpinned = disk::pin_ctimes(&raw, &root, &scratch.join("debugfs-ctimes"), mtime)?;
     if unpinned > 0 {
         tracing::warn!("{unpinned} paths with quotes or newlines keep build-time ctimes on the disk");
     }
-    x.interrupt.check()?;
-    let qcow2 = x.pending.join(disk::QCOW2_NAME);
+    interrupt.check()?;
+    let qcow2 = pending_dir.join(disk::QCOW2_NAME);
     disk::convert_qcow2(&raw, &qcow2)?;
     out.push(hash_artifact(&raw)?);
     out.push(hash_artifact(&qcow2)?);
-    x.interrupt.check()?;
+    interrupt.check()?;
 
     tracing::info!("writing {}", initramfs::ROOTFS_CPIO_NAME);
     out.push(initramfs::write_rootfs_cpio(
-        &x.pending.join(initramfs::ROOTFS_CPIO_NAME),
+        &pending_dir.join(initramfs::ROOTFS_CPIO_NAME),
         &root,
         &boot_modules,
-        x.mtime,
-        x.interrupt,
+        mtime,
+        interrupt,
     )?);
     Ok(out)
 }

@@ -17,9 +17,9 @@ use anyhow::{Context, Result, bail};
 use filetime::FileTime;
 use sha2::{Digest, Sha256};
 
+use crate::digest::Sha256Hex;
 use crate::io::{HashingReader, Interrupt};
 use crate::overlay::{EntryKind, Overlay};
-use crate::profile::Sha256Hex;
 
 /// How deep a chain of symlinks may go while resolving a path, as the kernel's own limit.
 const MAX_SYMLINK_HOPS: usize = 40;

@@ -2,20 +2,21 @@
 //! single-file downloads (runc, the Kubernetes binaries).
 //!
 //! The archives get the same treatment as the bundle ([`super::select_bundle`]): every entry
-//! passes the [`EntryGuard`] before anything is kept, the first bad entry refuses the whole
+//! passes the [`EntryGuard`](super::EntryGuard) before anything is kept, the first bad entry refuses the whole
 //! archive, and every installed file must be an ELF executable for the node's architecture.
 //! Only the mapping from archive member to node path differs per component (runtime-facts
 //! §1.5 lists the layouts).
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::collections::BTreeSet;
+use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 
-use super::{EntryGuard, Limits, SelectedFile, Selection, check_elf, open_tar_gz, read_error, stage};
+use super::walk::walk;
+use super::{Limits, SelectedFile, Selection, check_elf};
 use crate::io::Interrupt;
-use crate::overlay::{Content, OverlayPath};
-use crate::profile::{Arch, Extra, Sha256Hex};
+use crate::overlay::OverlayPath;
+use crate::profile::{Arch, Extra};
 
 /// What to select from one component archive.
 #[derive(Debug, Clone)]
@@ -148,25 +149,18 @@ fn select_archive(
     place: impl Fn(&str) -> Place,
 ) -> Result<Selection> {
     let name = req.name;
-    let mut tar = open_tar_gz(archive, name, limits)?;
-
-    let mut guard = EntryGuard::new(name, limits.max_entries);
     let mut sel = Selection::default();
-    let mut staged: BTreeMap<String, (PathBuf, u64, Sha256Hex)> = BTreeMap::new();
     let mut installed = BTreeSet::new();
 
-    for entry in tar.entries().with_context(|| format!("reading {name}"))? {
-        interrupt.check()?;
-        let mut entry = entry.map_err(|e| read_error(name, e))?;
-        let Some(member) = guard.admit(&entry)? else { continue };
+    walk(archive, name, staging, limits, interrupt, |w, member, entry| {
         let kind = entry.header().entry_type();
         if kind.is_dir() {
-            continue;
+            return Ok(());
         }
         let dest = match place(&member) {
             Place::Skip => {
                 sel.skipped.push(format!("{name}: {member}"));
-                continue;
+                return Ok(());
             }
             Place::Install(dest) => dest,
         };
@@ -175,29 +169,23 @@ fn select_archive(
         if !installed.insert(dest.clone()) {
             bail!("{name}: more than one member would be installed as /{dest}");
         }
-        let (path, size, sha256) = if kind.is_file() {
-            let path = staging.join(staged.len().to_string());
-            let got = stage(&mut entry, &path, interrupt).map_err(|e| e.context(format!("{name}: {member}")))?;
-            staged.insert(member.clone(), (path.clone(), got.0, got.1));
-            (path, got.0, got.1)
+        let staged = if kind.is_file() {
+            w.stage(&member, entry).map_err(|e| e.context(format!("{name}: {member}")))?
         } else if kind.is_hard_link() {
-            let target = guard.link_target(&entry)?;
-            match staged.get(&target) {
-                Some(s) => s.clone(),
-                None => bail!("{name}: hard link `{member}` points to `{target}`, which nodeforge did not keep"),
-            }
+            w.link(&member, entry)?
         } else {
             bail!("{name}: `{member}` is a symlink; nodeforge installs it only as a regular file");
         };
-        check_elf(&path, req.arch, &format!("{name}: {member}"))?;
+        check_elf(&staged.path, req.arch, &format!("{name}: {member}"))?;
         sel.files.push(SelectedFile {
             path: OverlayPath::new(&dest)?,
             // Set here, never taken from the archive: no setuid bit survives.
             mode: 0o755,
-            content: Content::OnDisk { path, size, sha256 },
+            content: staged.content(),
             member,
         });
-    }
+        Ok(())
+    })?;
     Ok(sel)
 }
 

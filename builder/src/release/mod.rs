@@ -6,22 +6,25 @@
 //! first bad entry — even entries nodeforge would have skipped — so a build never ships a
 //! tree assembled from a half-trusted archive.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use flate2::read::MultiGzDecoder;
 
+use crate::digest::Sha256Hex;
 use crate::io::{HashingWriter, Interrupt, LimitReader};
 use crate::overlay::{Content, OverlayPath};
-use crate::profile::{Arch, Extra, Sha256Hex};
+use crate::profile::{Arch, Extra};
 use crate::version::Version;
 
 mod components;
+mod walk;
 
 pub use self::components::{ComponentRequest, check_binary, select_cni_plugins, select_containerd, select_crictl};
+use self::walk::walk;
 
 /// Caps on what one archive may expand to.
 #[derive(Debug, Clone, Copy)]
@@ -139,7 +142,10 @@ pub struct BundleRequest<'a> {
 
 /// A gzip'd tar release archive opened for streaming: refused unless it starts as gzip, and
 /// capped at `limits.max_unpacked_bytes` of decompressed data.
-pub(crate) type TarGz = tar::Archive<LimitReader<MultiGzDecoder<BufReader<File>>>>;
+pub(crate) type TarGz = tar::Archive<Unpacked>;
+
+/// The decompressed stream of a release archive.
+pub(crate) type Unpacked = LimitReader<MultiGzDecoder<BufReader<File>>>;
 
 pub(crate) fn open_tar_gz(archive: &Path, name: &str, limits: Limits) -> Result<TarGz> {
     let file = File::open(archive).with_context(|| format!("opening {}", archive.display()))?;
@@ -159,73 +165,56 @@ pub fn select_bundle(
     interrupt: &Interrupt,
 ) -> Result<Selection> {
     let name = req.name;
-    let mut tar = open_tar_gz(archive, name, limits)?;
-
-    let mut guard = EntryGuard::new(name, limits.max_entries);
     let mut sel = Selection::default();
-    // Staged files by member path, so a hard link inside the archive can reuse one.
-    let mut staged: BTreeMap<String, (PathBuf, u64, Sha256Hex)> = BTreeMap::new();
     let mut version_file = None;
 
-    let entries = tar.entries().with_context(|| format!("reading {name}"))?;
-    for entry in entries {
-        interrupt.check()?;
-        let mut entry = entry.map_err(|e| read_error(name, e))?;
-        let member = guard.admit(&entry)?;
-        let Some(member) = member else { continue };
+    walk(archive, name, staging, limits, interrupt, |w, member, entry| {
         let kind = entry.header().entry_type();
 
         if member == "opt/containerd/cluster/version" && kind.is_file() && entry.size() < 4096 {
             let mut s = String::new();
-            (&mut entry).take(4096).read_to_string(&mut s).map_err(|e| read_error(name, e))?;
+            entry.take(4096).read_to_string(&mut s).map_err(|e| read_error(name, e))?;
             version_file = Some(s.clone());
             if classify(&member, &req.extras).is_some() {
-                let path = staging.join(format!("{}", staged.len()));
-                let (size, sha) = stage(&mut s.as_bytes(), &path, interrupt)?;
-                staged.insert(member.clone(), (path.clone(), size, sha));
+                let staged = w.stage(&member, &mut s.as_bytes())?;
                 sel.files.push(SelectedFile {
                     path: OverlayPath::new(&member)?,
                     mode: 0o644,
-                    content: Content::OnDisk { path, size, sha256: sha },
+                    content: staged.content(),
                     member,
                 });
             }
-            continue;
+            return Ok(());
         }
 
         let keep = classify(&member, &req.extras);
         match (kind.is_file(), kind.is_hard_link(), keep) {
             (true, _, Some(keep)) => {
-                let path = staging.join(format!("{}", staged.len()));
                 let mode = entry.header().mode().unwrap_or(0o644);
-                let (size, sha) =
-                    stage(&mut entry, &path, interrupt).map_err(|e| e.context(format!("{name}: {member}")))?;
-                let mode = finish_member(&member, keep, mode, &path, req.arch, name)?;
-                staged.insert(member.clone(), (path.clone(), size, sha));
+                let staged = w.stage(&member, entry).map_err(|e| e.context(format!("{name}: {member}")))?;
+                let mode = finish_member(&member, keep, mode, &staged.path, req.arch, name)?;
                 sel.files.push(SelectedFile {
                     path: OverlayPath::new(&member)?,
                     mode,
-                    content: Content::OnDisk { path, size, sha256: sha },
+                    content: staged.content(),
                     member,
                 });
             }
             (_, true, Some(keep)) => {
-                let target = guard.link_target(&entry)?;
-                let Some((path, size, sha)) = staged.get(&target).cloned() else {
-                    bail!("{name}: hard link `{member}` points to `{target}`, which nodeforge did not keep");
-                };
-                let mode = finish_member(&member, keep, 0o755, &path, req.arch, name)?;
+                let staged = w.link(&member, entry)?;
+                let mode = finish_member(&member, keep, 0o755, &staged.path, req.arch, name)?;
                 sel.files.push(SelectedFile {
                     path: OverlayPath::new(&member)?,
                     mode,
-                    content: Content::OnDisk { path, size, sha256: sha },
+                    content: staged.content(),
                     member,
                 });
             }
             (_, _, _) if kind.is_dir() => {}
             _ => sel.skipped.push(member),
         }
-    }
+        Ok(())
+    })?;
 
     if let Some(text) = version_file {
         check_version_file(&text, req.version, name)?;

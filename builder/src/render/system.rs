@@ -4,6 +4,9 @@
 //! means it is present even if containerd is started another way. Nothing else loads
 //! `br_netfilter`, and `net.bridge.*` exists only once it is loaded, so systemd-modules-load
 //! (which runs before systemd-sysctl) must load it for the sysctls below to apply at boot.
+//!
+//! Both lists are the same for every profile and live as files under `overlays/etc/`; the
+//! renderer only puts the generated-by header (which names the profile) in front.
 
 use super::{Rendered, file, header};
 use crate::profile::Profile;
@@ -12,18 +15,14 @@ pub const MODULES_PATH: &str = "etc/modules-load.d/nodeforge-k8s.conf";
 /// `99-` so it is applied after distribution defaults that might turn forwarding off.
 pub const SYSCTL_PATH: &str = "etc/sysctl.d/99-nodeforge-k8s.conf";
 
+/// The modules, as `overlays/etc/modules-load.d/nodeforge-k8s.conf` holds them.
+const MODULES: &str = include_str!("../../../overlays/etc/modules-load.d/nodeforge-k8s.conf");
+/// The sysctls, as `overlays/etc/sysctl.d/99-nodeforge-k8s.conf` holds them.
+const SYSCTLS: &str = include_str!("../../../overlays/etc/sysctl.d/99-nodeforge-k8s.conf");
+
 pub fn render(p: &Profile) -> Vec<Rendered> {
-    let modules = format!("{}overlay\nbr_netfilter\n", header("#", p));
-    let sysctl = format!(
-        "{}\
-# Pods reach beyond the node only if the node routes for them (also a kubeadm preflight check).
-net.ipv4.ip_forward = 1
-# Bridged pod traffic must pass iptables, or kube-proxy's Service rules never see it.
-net.bridge.bridge-nf-call-iptables = 1
-net.bridge.bridge-nf-call-ip6tables = 1
-",
-        header("#", p)
-    );
+    let modules = format!("{}{MODULES}", header("#", p));
+    let sysctl = format!("{}{SYSCTLS}", header("#", p));
     vec![file(MODULES_PATH, 0o644, modules, "modules-load"), file(SYSCTL_PATH, 0o644, sysctl, "sysctl")]
 }
 

@@ -22,7 +22,7 @@ use kube::{Api, Client};
 use serde::Serialize;
 
 use super::{call, fail, progress};
-use crate::commands::Stage;
+use crate::exit::ExitClass;
 use crate::io::Interrupt;
 
 /// How often a refused eviction is retried, and evicted pods are looked for.
@@ -128,7 +128,7 @@ pub async fn drain(
     }
     if !refused.is_empty() {
         return Err(fail(
-            Stage::PodsWouldBeLost,
+            ExitClass::PodsWouldBeLost,
             format!("draining `{node}` would lose pods; nothing was evicted:\n  {}", refused.join("\n  ")),
         ));
     }
@@ -158,7 +158,7 @@ pub async fn drain(
                 Ok(Err(kube::Error::Api(s))) if s.code == 404 => {}
                 Ok(Err(kube::Error::Api(s))) if s.code == 429 => still.push((pod, s.message)),
                 Ok(Err(e)) => return Err(super::api_error(&what, server, e)),
-                Err(_) => return Err(fail(Stage::Unreachable, format!("{what}: no answer from {server}"))),
+                Err(_) => return Err(fail(ExitClass::Unreachable, format!("{what}: no answer from {server}"))),
             }
         }
         if still.is_empty() {
@@ -177,7 +177,7 @@ pub async fn drain(
                 lines.push(format!("{namespace}/{name}{by}: {message}"));
             }
             return Err(fail(
-                Stage::DrainBlocked,
+                ExitClass::DrainBlocked,
                 format!(
                     "draining `{node}`: evictions still refused after {} s:\n  {}",
                     opts.timeout.as_secs(),
@@ -212,7 +212,7 @@ pub async fn drain(
         }
         if Instant::now() >= deadline {
             return Err(fail(
-                Stage::DrainBlocked,
+                ExitClass::DrainBlocked,
                 format!(
                     "draining `{node}`: evicted pods still there after {} s: {}",
                     opts.timeout.as_secs(),

@@ -12,7 +12,7 @@
 //!    runtime: the old `status.nodeInfo` replaced by the new machine's.
 //! 4. Uncordon, and report before and after as `kubectl get node -o wide` rows.
 //!
-//! Every failure has its own exit class ([`Stage`]) and leaves the node cordoned: a node that
+//! Every failure has its own exit class ([`ExitClass`]) and leaves the node cordoned: a node that
 //! did not pass is never uncordoned. A Node object re-created under the same name (which
 //! `kubectl delete node` before a re-join brings about) is cordoned again as soon as it is
 //! seen, until it passes.
@@ -32,7 +32,7 @@ use serde_json::json;
 
 use crate::cli::ReplaceConfig;
 use crate::cluster::{self, REQUEST_TIMEOUT};
-use crate::commands::Stage;
+use crate::exit::ExitClass;
 use crate::io::Interrupt;
 
 pub use drain::{DrainOptions, Drained, PodVerdict};
@@ -112,7 +112,7 @@ impl ReplaceReport {
 }
 
 /// A failure of one class, with the message that explains it.
-fn fail(stage: Stage, msg: impl Into<String>) -> anyhow::Error {
+fn fail(stage: ExitClass, msg: impl Into<String>) -> anyhow::Error {
     anyhow!("{}", msg.into()).context(stage)
 }
 
@@ -121,15 +121,15 @@ fn fail(stage: Stage, msg: impl Into<String>) -> anyhow::Error {
 fn api_error(what: &str, server: &str, e: kube::Error) -> anyhow::Error {
     match e {
         kube::Error::Api(s) if s.code == 401 => fail(
-            Stage::Forbidden,
+            ExitClass::Forbidden,
             format!("{what}: the API server at {server} refused the kubeconfig's credentials (401): {}", s.message),
         ),
         kube::Error::Api(s) if s.code == 403 => {
-            fail(Stage::Forbidden, format!("{what}: forbidden by {server} (403, RBAC): {}", s.message))
+            fail(ExitClass::Forbidden, format!("{what}: forbidden by {server} (403, RBAC): {}", s.message))
         }
         kube::Error::Api(s) => anyhow!("{what}: the API server answered {} {}: {}", s.code, s.reason, s.message),
         other => fail(
-            Stage::Unreachable,
+            ExitClass::Unreachable,
             format!("{what}: cannot reach the API server at {server}: {}", cluster::chain(&other)),
         ),
     }
@@ -144,7 +144,7 @@ async fn call<T>(
     match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
         Ok(r) => r.map_err(|e| api_error(what, server, e)),
         Err(_) => Err(fail(
-            Stage::Unreachable,
+            ExitClass::Unreachable,
             format!("{what}: no answer from {server} within {} s", REQUEST_TIMEOUT.as_secs()),
         )),
     }
@@ -175,11 +175,11 @@ fn progress(msg: &str) {
 
 pub async fn replace(c: &ReplaceConfig, interrupt: &Interrupt) -> Result<ReplaceReport> {
     let started = Instant::now();
-    let (client, server) = cluster::connect(&c.kubeconfig).await.map_err(|e| fail(Stage::Usage, e))?;
+    let (client, server) = cluster::connect(&c.kubeconfig).await.map_err(|e| fail(ExitClass::Usage, e))?;
     let nodes: Api<Node> = Api::all(client.clone());
     let name = c.node.as_str();
     let found = call(&format!("reading node `{name}`"), &server, nodes.get_opt(name)).await?;
-    let node = found.ok_or_else(|| fail(Stage::Usage, format!("--node: there is no node `{name}` at {server}")))?;
+    let node = found.ok_or_else(|| fail(ExitClass::Usage, format!("--node: there is no node `{name}` at {server}")))?;
     let before = Snapshot::of(&node);
     progress(&format!(
         "node `{name}` runs {} (kubelet {}, boot {})",
@@ -256,7 +256,7 @@ fn reprovision(cmd: &str, name: &str, expect: &str, interrupt: &Interrupt) -> Re
         .stdin(Stdio::null())
         .stdout(std::io::stderr())
         .spawn()
-        .map_err(|e| fail(Stage::Reprovision, format!("--reprovision-cmd: cannot start sh: {e}")))?;
+        .map_err(|e| fail(ExitClass::Reprovision, format!("--reprovision-cmd: cannot start sh: {e}")))?;
     let status = loop {
         if interrupt.is_set() {
             let _ = child.kill();
@@ -266,11 +266,11 @@ fn reprovision(cmd: &str, name: &str, expect: &str, interrupt: &Interrupt) -> Re
         match child.try_wait() {
             Ok(Some(s)) => break s,
             Ok(None) => std::thread::sleep(Duration::from_millis(100)),
-            Err(e) => return Err(fail(Stage::Reprovision, format!("--reprovision-cmd: waiting for it: {e}"))),
+            Err(e) => return Err(fail(ExitClass::Reprovision, format!("--reprovision-cmd: waiting for it: {e}"))),
         }
     };
     if !status.success() {
-        return Err(fail(Stage::Reprovision, format!("--reprovision-cmd `{cmd}` failed ({status})")));
+        return Err(fail(ExitClass::Reprovision, format!("--reprovision-cmd `{cmd}` failed ({status})")));
     }
     Ok(Reprovisioned { command: cmd.to_owned(), exit_code: status.code() })
 }

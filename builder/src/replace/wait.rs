@@ -18,7 +18,7 @@ use kube::Api;
 
 use super::{Snapshot, call, fail, progress, set_unschedulable};
 use crate::cluster::{self, boot_id, is_ready, ready_condition, runtime_version};
-use crate::commands::Stage;
+use crate::exit::ExitClass;
 use crate::io::Interrupt;
 
 /// Between two looks at the Node.
@@ -79,7 +79,7 @@ pub async fn back(nodes: &Api<Node>, server: &str, want: Awaited<'_>, interrupt:
                     let since = *wrong_since.get_or_insert_with(Instant::now);
                     if since.elapsed() >= runtime_grace {
                         return Err(fail(
-                            Stage::WrongRuntime,
+                            ExitClass::WrongRuntime,
                             format!(
                                 "`{name}` came back (boot {boot}) Ready on {runtime}, expected {expect}, for {} s",
                                 since.elapsed().as_secs()
@@ -90,7 +90,7 @@ pub async fn back(nodes: &Api<Node>, server: &str, want: Awaited<'_>, interrupt:
                     wrong_since = None;
                 }
             }
-            Err(e) if e.downcast_ref::<Stage>() == Some(&Stage::Unreachable) => {
+            Err(e) if e.downcast_ref::<ExitClass>() == Some(&ExitClass::Unreachable) => {
                 let since = *unreachable_since.get_or_insert_with(Instant::now);
                 if since.elapsed() >= UNREACHABLE_LIMIT {
                     return Err(e.context(format!(
@@ -108,7 +108,7 @@ pub async fn back(nodes: &Api<Node>, server: &str, want: Awaited<'_>, interrupt:
         }
         if start.elapsed() >= timeout {
             return Err(fail(
-                Stage::NodeNotBack,
+                ExitClass::NodeNotBack,
                 format!(
                     "`{name}` was not back Ready on {expect} from a new boot within {} s; last seen: {last}",
                     timeout.as_secs()

@@ -10,8 +10,10 @@ use serde::Serialize;
 use super::join::{self, Join, KubeadmApi, Label, Taint};
 use super::{Attachment, SeedFiles, SeedFormat, SeedIdentity, UserData, WriteFile, firstboot};
 use crate::archive::{ArtifactInfo, TAR_GZ_NAME};
+use crate::check::CheckedProfile;
 use crate::cli::SeedConfig;
-use crate::commands::{Stage, load_profile};
+use crate::exit::ExitClass;
+use crate::io::Interrupt;
 
 #[derive(Debug, Serialize)]
 pub struct SeedReport {
@@ -67,8 +69,8 @@ fn taint_text(t: &Taint) -> String {
     }
 }
 
-pub fn run(c: &SeedConfig, json: bool) -> Result<()> {
-    let report = seed(c)?;
+pub fn run(c: &SeedConfig, json: bool, interrupt: &Interrupt) -> Result<()> {
+    let report = seed(c, interrupt)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -78,16 +80,16 @@ pub fn run(c: &SeedConfig, json: bool) -> Result<()> {
 }
 
 /// Everything is checked (profile, token, join version, overlay) before anything is written.
-pub fn seed(c: &SeedConfig) -> Result<SeedReport> {
-    let loaded = load_profile(&c.profile.profile)?;
+pub fn seed(c: &SeedConfig, interrupt: &Interrupt) -> Result<SeedReport> {
+    let loaded = CheckedProfile::load(&c.profile.profile)?.logged();
     let p = &loaded.profile;
 
     let join = match (&c.join_endpoint, &c.token_file) {
         (Some(endpoint), Some(token_file)) => {
             let api = KubeadmApi::for_version(&p.kubernetes.version)
                 .with_context(|| format!("profile {}", loaded.path.display()))
-                .context(Stage::Profile)?;
-            let token = join::read_token(token_file).context(Stage::Usage)?;
+                .context(ExitClass::Profile)?;
+            let token = join::read_token(token_file).context(ExitClass::Usage)?;
             let j = Join {
                 node: c.node.clone(),
                 endpoint: endpoint.clone(),
@@ -101,14 +103,14 @@ pub fn seed(c: &SeedConfig) -> Result<SeedReport> {
         }
         // clap enforces that the join flags come together; this is a second line of defence.
         (None, None) => None,
-        _ => return Err(anyhow::anyhow!("--join-endpoint and --token-file go together").context(Stage::Usage)),
+        _ => return Err(anyhow::anyhow!("--join-endpoint and --token-file go together").context(ExitClass::Usage)),
     };
 
     let attachments = match &c.overlay {
         Some(path) => vec![
             Attachment::from_file(TAR_GZ_NAME, path)
                 .with_context(|| format!("--overlay {}", path.display()))
-                .context(Stage::Usage)?,
+                .context(ExitClass::Usage)?,
         ],
         None => Vec::new(),
     };
@@ -127,10 +129,10 @@ pub fn seed(c: &SeedConfig) -> Result<SeedReport> {
     let files = SeedFiles::with(&loaded, &ud, &identity, attachments)?;
 
     std::fs::create_dir_all(&c.out).with_context(|| format!("creating {}", c.out.display()))?;
-    let _out_lock = crate::output::lock_dir(&c.out, crate::commands::interrupt())?;
+    let _out_lock = crate::output::lock_dir(&c.out, interrupt)?;
     crate::output::sweep_stale(&c.out)?;
     let dest = c.out.join(c.format.file_name());
-    let mtime = c.source_date_epoch.unwrap_or(crate::build::DEFAULT_MTIME);
+    let mtime = c.source_date_epoch.unwrap_or(crate::archive::DEFAULT_MTIME);
     let artifact = super::write_seed(&files, c.format, &dest, mtime)?;
 
     Ok(SeedReport {

@@ -8,6 +8,7 @@
 
 pub mod command;
 pub mod firstboot;
+pub mod flags;
 pub mod iso;
 pub mod join;
 
@@ -20,32 +21,12 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::archive::ArtifactInfo;
+use crate::digest::Sha256Hex;
 use crate::io::HashingReader;
 use crate::output::{AtomicFile, write_atomic};
-use crate::profile::{LoadedProfile, Profile, Sha256Hex};
+use crate::profile::{LoadedProfile, Profile};
 
-pub const SEED_IMAGE_NAME: &str = "seed.img";
-pub const SEED_ISO_NAME: &str = "seed.iso";
-
-/// The seed volume's filesystem; NoCloud reads both (runtime-facts §6.3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SeedFormat {
-    /// FAT with long names (`seed.img`), written in-process.
-    #[default]
-    Vfat,
-    /// ISO 9660 with Joliet and Rock Ridge (`seed.iso`), written by xorriso.
-    Iso,
-}
-
-impl SeedFormat {
-    pub fn file_name(self) -> &'static str {
-        match self {
-            Self::Vfat => SEED_IMAGE_NAME,
-            Self::Iso => SEED_ISO_NAME,
-        }
-    }
-}
+pub use flags::{SEED_IMAGE_NAME, SEED_ISO_NAME, SeedFormat};
 
 /// The header cloud-init requires to treat user-data as cloud-config (runtime-facts §6.2).
 const CLOUD_CONFIG_HEADER: &str = "#cloud-config\n";
@@ -479,7 +460,7 @@ impl fatfs::TimeProvider for FixedTime {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::profile::Sha256Hex;
+    use crate::digest::Sha256Hex;
 
     fn loaded(extra: &str) -> LoadedProfile {
         let text = format!(

@@ -5,9 +5,11 @@
 pub mod base;
 pub mod containerd;
 pub mod craft;
-pub mod http_server;
 pub mod standin;
 pub mod tls;
+
+// The HTTP server lives in the shared test-support crate; test-vm's tests use it too.
+pub use test_support::http_server;
 
 /// A finished command's status and output, for assertion messages.
 pub fn text(o: &std::process::Output) -> String {

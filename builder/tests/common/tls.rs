@@ -47,17 +47,37 @@ impl TestCa {
         let config = Arc::clone(&self.server_config);
         let wrap: Wrap = Arc::new(move |tcp: TcpStream| {
             let conn = ServerConnection::new(Arc::clone(&config)).map_err(io::Error::other)?;
-            Ok(Box::new(StreamOwned::new(conn, tcp)) as Box<dyn Conn>)
+            Ok(Box::new(Tls(StreamOwned::new(conn, tcp))) as Box<dyn Conn>)
         });
         TestServer::start_with("https", wrap)
     }
 }
 
-impl Conn for StreamOwned<ServerConnection, TcpStream> {
+/// A TLS connection, wrapped so this crate can give it the server's [`Conn`] trait (both
+/// the trait and rustls' stream are foreign here).
+struct Tls(StreamOwned<ServerConnection, TcpStream>);
+
+impl std::io::Read for Tls {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl std::io::Write for Tls {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl Conn for Tls {
     fn finish(&mut self) {
         use std::io::Write;
-        self.conn.send_close_notify();
-        let _ = self.flush();
-        let _ = self.sock.shutdown(std::net::Shutdown::Write);
+        self.0.conn.send_close_notify();
+        let _ = self.0.flush();
+        let _ = self.0.sock.shutdown(std::net::Shutdown::Write);
     }
 }

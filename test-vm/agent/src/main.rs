@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use nodeforge_agent::exec::SystemRunner;
 use nodeforge_agent::report::{Reporter, default_sink};
-use nodeforge_agent::{Expect, stages};
+use nodeforge_agent::{expect, stages};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
@@ -16,7 +16,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let mut reporter = Reporter::new(default_sink());
-    let expect = match Expect::load(Path::new(expect_path)) {
+    let expect = match expect::load(Path::new(expect_path)) {
         Ok(e) => e,
         Err(e) => {
             reporter.done(false, &format!("{e:#}"), Default::default());

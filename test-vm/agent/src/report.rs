@@ -13,9 +13,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
-use crate::protocol::{Event, EventKind, Stage};
+use crate::protocol::{AGENT_PORT, Event, EventKind, Stage};
 
-pub const VIRTIO_PORT: &str = "/dev/virtio-ports/org.nodeforge.agent";
+/// The virtio-serial port the harness names [`AGENT_PORT`].
+pub fn virtio_port() -> PathBuf {
+    Path::new("/dev/virtio-ports").join(AGENT_PORT)
+}
+
 pub const SERIAL_FALLBACK: &str = "/dev/ttyS0";
 /// Overrides both (a file, appended to): for running the agent by hand.
 pub const REPORT_ENV: &str = "NODEFORGE_AGENT_REPORT";
@@ -84,10 +88,11 @@ pub fn default_sink() -> Box<dyn Sink> {
             Err(e) => eprintln!("nodeforge-agent: cannot open {}: {e}; using the serial ports", path.display()),
         }
     }
-    match OpenOptions::new().write(true).open(VIRTIO_PORT) {
-        Ok(file) => Box::new(Held { path: PathBuf::from(VIRTIO_PORT), file }),
+    let port = virtio_port();
+    match OpenOptions::new().write(true).open(&port) {
+        Ok(file) => Box::new(Held { path: port, file }),
         Err(e) => {
-            eprintln!("nodeforge-agent: {VIRTIO_PORT}: {e}; falling back to {SERIAL_FALLBACK}");
+            eprintln!("nodeforge-agent: {}: {e}; falling back to {SERIAL_FALLBACK}", port.display());
             Box::new(PerWrite { path: Path::new(SERIAL_FALLBACK).to_owned() })
         }
     }

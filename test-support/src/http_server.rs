@@ -52,7 +52,7 @@ struct State {
     request_lines: Vec<String>,
 }
 
-/// The handshake layer: plain TCP, or TLS from [`super::tls`].
+/// The handshake layer: plain TCP, or TLS (the builder tests' `common::tls`).
 pub type Wrap = Arc<dyn Fn(TcpStream) -> io::Result<Box<dyn Conn>> + Send + Sync>;
 
 /// A connection the server can answer on.
