@@ -3,7 +3,7 @@
 //! that it runs the containerd that was built.
 //!
 //! It polls `GET /api/v1/nodes/NAME` every [`POLL`] (each request bounded by
-//! [`REQUEST_TIMEOUT`]) rather than watching: a watch needs the list permission as well, and
+//! `REQUEST_TIMEOUT`) rather than watching: a watch needs the list permission as well, and
 //! one GET per poll is what a recorded-response test server can replay exactly. Between polls
 //! it asks its caller whether to stop (a signal, QEMU gone) every 50 ms.
 //!
@@ -28,6 +28,7 @@ pub const JOIN_STAGE: &str = "join";
 /// Time between two GETs of the Node.
 pub const POLL: Duration = Duration::from_secs(2);
 /// One request's limit (connect, send, answer).
+#[cfg(feature = "join")]
 pub const REQUEST_TIMEOUT: Duration = nodeforge::cluster::REQUEST_TIMEOUT;
 /// How long the API server may stay unreachable (connection refused, no route, TLS failure)
 /// before the stage gives up, even if its own limit is longer: a wrong server address should
@@ -64,6 +65,7 @@ impl JoinResult {
     }
 }
 
+#[cfg(feature = "join")]
 pub use nodeforge::cluster::{human_duration, runtime_matches};
 
 /// Wait for the Node: see the module documentation. `stop` is asked between requests and
