@@ -23,7 +23,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Mutex, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use test_support::http_server::TestServer;
 use test_vm::cluster::{ControlPlane, ControlPlaneConfig};
@@ -251,6 +251,61 @@ fn per_component_containerd_2_node_joins_and_runs_a_pod() {
     eprintln!("{}", join["detail"]["row"].as_str().unwrap());
 }
 
+/// `test-vm fleet` of `image`'s disk, one node per (name, seed), two at a time with one vCPU
+/// each, joining the cluster of `kubeconfig`; reports under `out`. The boots take turns.
+fn fleet(image: &Path, nodes: &[(&str, &Path)], kubeconfig: &Path, out: &Path) -> (Output, Duration) {
+    let _ = fs::remove_dir_all(out);
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let started = Instant::now();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_test-vm"));
+    cmd.arg("fleet").arg("--kernel").arg(image.join("vmlinuz")).arg("--initrd").arg(image.join("initrd.img"));
+    cmd.arg("--disk").arg(image.join("disk.qcow2"));
+    for (name, seed) in nodes {
+        cmd.arg("--node").arg(format!("{name}={}", seed.display()));
+    }
+    let o = cmd
+        .args(["--parallel", "2", "--cpus", "1", "--accel", "tcg", "--timeout", "900", "--join-timeout", "600"])
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("--agent")
+        .arg(workspace_bin("nodeforge-agent"))
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    eprintln!("{}\nfleet took {:.1} s", String::from_utf8_lossy(&o.stdout), took.as_secs_f64());
+    (o, took)
+}
+
+/// Two nodes of the containerd 1.6 image booted at once as a fleet (one vCPU each, within
+/// the machine's two cores), each with its own seed: both join the real control plane, each
+/// is Ready as `containerd://1.6.20` on the API server, and each runs a pod bound to it to
+/// `Succeeded`.
+#[test]
+fn a_fleet_of_two_joins_at_once() {
+    let dir = image("standin");
+    let c = cluster();
+    let a = join_seed("standin", "fleet-a", &c.endpoint, &c.token_file, &c.ca_cert_hash);
+    let b = join_seed("standin", "fleet-b", &c.endpoint, &c.token_file, &c.ca_cert_hash);
+    let out = tmp_root().join("fleet-joins");
+    let (o, took) = fleet(&dir, &[("fleet-a", &a), ("fleet-b", &b)], &c.kubeconfig, &out);
+    assert!(o.status.success(), "both nodes must join: {}", text(&o));
+    for node in ["fleet-a", "fleet-b"] {
+        let report: serde_json::Value =
+            serde_json::from_slice(&fs::read(out.join(node).join("report.json")).unwrap()).unwrap();
+        assert_node(&report, "10.88.0.0/16");
+        let join = stage(&report, "join");
+        assert_eq!(join["verdict"], "pass", "{node}: {join:#}");
+        assert_eq!(join["detail"]["node"], node, "{node}: {join:#}");
+        let runtime = join["detail"]["container_runtime_version"].as_str().unwrap();
+        assert!(runtime.starts_with("containerd://1.6.20"), "{node}: {join:#}");
+        assert_eq!(join["detail"]["pod"]["phase"], "Succeeded", "{node}: {join:#}");
+        eprintln!("{}", join["detail"]["row"].as_str().unwrap());
+    }
+    eprintln!("two nodes joined at once in {:.1} s", took.as_secs_f64());
+}
+
 /// Joins that cannot succeed fail the join stage at once, in kubeadm's own words read from
 /// the guest, not after the stage's timeout, and the runtime stages still pass: a wrong CA
 /// pin and a wrong token (the right token id with another secret), booted together as a
@@ -269,32 +324,7 @@ fn joins_that_cannot_succeed_fail_fast_in_kubeadms_words() {
     let token_seed = join_seed("standin", "wrong-token", &c.endpoint, &wrong_token, &c.ca_cert_hash);
 
     let out = tmp_root().join("fleet-wrong-joins");
-    let _ = fs::remove_dir_all(&out);
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let started = Instant::now();
-    let o = Command::new(env!("CARGO_BIN_EXE_test-vm"))
-        .arg("fleet")
-        .arg("--kernel")
-        .arg(dir.join("vmlinuz"))
-        .arg("--initrd")
-        .arg(dir.join("initrd.img"))
-        .arg("--disk")
-        .arg(dir.join("disk.qcow2"))
-        .arg("--node")
-        .arg(format!("wrong-pin={}", pin_seed.display()))
-        .arg("--node")
-        .arg(format!("wrong-token={}", token_seed.display()))
-        .args(["--parallel", "2", "--cpus", "1", "--accel", "tcg", "--timeout", "900", "--join-timeout", "600"])
-        .arg("--kubeconfig")
-        .arg(&c.kubeconfig)
-        .arg("--agent")
-        .arg(workspace_bin("nodeforge-agent"))
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
-    let took = started.elapsed();
-    eprintln!("{}\nfleet took {:.1} s", String::from_utf8_lossy(&o.stdout), took.as_secs_f64());
+    let (o, took) = fleet(&dir, &[("wrong-pin", &pin_seed), ("wrong-token", &token_seed)], &c.kubeconfig, &out);
     assert_eq!(o.status.code(), Some(1), "both nodes must fail: {}", text(&o));
     for (node, kubeadm_says) in
         [("wrong-pin", "none of the public keys"), ("wrong-token", "failed to verify JWS signature")]
