@@ -35,7 +35,15 @@ fn profile_variant(dir: &Path, name: &str, url: Option<&str>, sha256: &str) -> P
     // The bundle only: the image archives sit beside the original profile.
     let base = base.split("\n[[image]]").next().unwrap();
     let mut out = String::new();
+    // The bundle only, too: the Kubernetes binaries would be fetched from dl.k8s.io.
+    let mut in_binaries = false;
     for line in base.lines() {
+        if line.starts_with('[') {
+            in_binaries = line == "[kubernetes.binaries]";
+        }
+        if in_binaries {
+            continue;
+        }
         if line.starts_with("sha256 = ") {
             out.push_str(&format!("sha256 = \"{sha256}\"\n"));
             if let Some(u) = url {
@@ -325,7 +333,7 @@ fn the_preload_unit_imports_and_pins_the_images_into_a_real_containerd() {
     );
     let table = String::from_utf8_lossy(&ls.stdout);
     let pause =
-        table.lines().find(|l| l.starts_with("registry.k8s.io/pause:3.9 ")).unwrap_or_else(|| panic!("{table}"));
+        table.lines().find(|l| l.starts_with("registry.k8s.io/pause:3.10.1 ")).unwrap_or_else(|| panic!("{table}"));
     assert!(pause.contains("io.cri-containerd.pinned=pinned"), "sandbox image not pinned: {pause}");
     assert!(table.lines().any(|l| l.starts_with("nodeforge.test/busybox:1 ")), "{table}");
     // The stamp makes the unit skip itself on the next boot.
