@@ -213,6 +213,8 @@ impl Runner for BootedNode {
             "systemctl is-active default.target" | "systemctl is-active containerd.service" => {
                 CmdOutput::ok("active\n")
             }
+            // No kubelet runs on this node: the pod stage has none to pause.
+            "systemctl is-active kubelet.service" => CmdOutput::ok("inactive\n"),
             "cloud-init status --wait --long" => CmdOutput::ok("status: done\n"),
             l if l.starts_with("systemctl show nodeforge-preload-images.service") => {
                 CmdOutput::ok("LoadState=not-found\nActiveState=inactive\nResult=success\n")
