@@ -8,7 +8,7 @@
 //!
 //! Waiting for the kernel's first line costs the whole grace period (8 s) on every boot of a
 //! machine whose KVM is broken. So before that, `auto` boots only the firmware under KVM
-//! ([`crate::qemu::probe_kvm`]): SeaBIOS logs its power-on self test to the debug port and
+//! (`qemu::probe_kvm`): SeaBIOS logs its power-on self test to the debug port and
 //! ends it with `Booting from ...` in a fraction of a second under a working KVM (0.7 s even
 //! under TCG here), while a broken nested KVM stops half-way (here after `Scan for VGA option
 //! rom`). [`firmware_probe`] decides on that log within [`KVM_PROBE_LIMIT`].

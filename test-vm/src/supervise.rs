@@ -1,5 +1,5 @@
-//! Child processes that never outlive the harness: QEMU ([`crate::qemu`]) and the control
-//! plane's components ([`crate::cluster`]).
+//! Child processes that never outlive the harness: QEMU (the `qemu` module) and the control
+//! plane's components (the `cluster` module).
 //!
 //! Every child is started as `setpriv --pdeathsig KILL -- PROGRAM ARGS` (util-linux `setpriv`
 //! sets `PR_SET_PDEATHSIG` and then execs the program, so the PID is the program's own; unsafe
