@@ -73,9 +73,15 @@ boot() {
 		kill -0 "$(cat "$out/boot-$name.pid")" 2>/dev/null || break
 		sleep 1
 	done
-	tail -n 14 "$out/boot-$name.log"
-	python3 -c 'import json, sys; sys.exit(json.load(open(sys.argv[1]))["verdict"] != "pass")' "$out/boot-$name.json" 2>/dev/null ||
-		{ echo "replace-demo: boot $name failed (see $out/boot-$name.log)" >&2; exit 1; }
+	if python3 -c 'import json, sys; sys.exit(json.load(open(sys.argv[1]))["verdict"] != "pass")' "$out/boot-$name.json" 2>/dev/null; then
+		tail -n 14 "$out/boot-$name.log"
+	else
+		# The whole log: the stage summary, the failed stage's message and the serial tail.
+		wait "$(cat "$out/boot-$name.pid")" 2>/dev/null || true
+		cat "$out/boot-$name.log" >&2
+		echo "replace-demo: boot $name failed (log: $out/boot-$name.log, serial: $out/serial-$name.log)" >&2
+		exit 1
+	fi
 }
 
 say "worker: the containerd 1.6 node boots and joins"
@@ -143,11 +149,11 @@ echo \$! >'$out/boot-2.pid'
 # Return once the machine is up: test-vm's guest agent has checked the runtime (its probe pod
 # pauses the kubelet for a few seconds, which is no state to hand a node over in).
 while [ ! -f '$out/boot-2.json' ]; do
-	kill -0 "\$(cat '$out/boot-2.pid')" 2>/dev/null || { echo "reprovision: the boot failed" >&2; exit 1; }
+	kill -0 "\$(cat '$out/boot-2.pid')" 2>/dev/null || { cat '$out/boot-2.log' >&2; echo "reprovision: the boot failed" >&2; exit 1; }
 	sleep 1
 done
 python3 -c 'import json, sys; sys.exit(json.load(open(sys.argv[1]))["verdict"] != "pass")' '$out/boot-2.json' ||
-	{ tail -n 20 '$out/boot-2.log' >&2; exit 1; }
+	{ sleep 1; cat '$out/boot-2.log' >&2; exit 1; }
 EOF
 chmod +x "$out/reprovision.sh"
 
@@ -165,6 +171,29 @@ for row in rows:
 print(f"drained: {', '.join(d['namespace'] + '/' + d['name'] + ' ' + d['verdict'] for d in r['drained'])}; "
       f"total {r['total_ms'] / 1000:.0f} s (back Ready {r['wait_ms'] / 1000:.0f} s after the reprovision step)")
 PY
+
+say "the second boot is the containerd $UPSTREAM_CONTAINERD_VERSION node its build describes"
+# test-vm checked boot 2 against build-2x's manifest (runtime, cgroupfs, sandbox image); on
+# top of that: the pinned crictl ran, the pod got an address from the 2.x profile's subnet,
+# and the API server has the node on the new runtime with the built kubelet.
+python3 - "$out/boot-2.json" "$UPSTREAM_CONTAINERD_VERSION" <<'PY'
+import ipaddress, json, sys
+r, version = json.load(open(sys.argv[1])), sys.argv[2]
+cri = next(s for s in r["stages"] if s["name"] == "cri")["detail"]
+problems = [
+    f"{what}: {got!r}, expected {want!r}"
+    for what, got, want in [
+        ("CRI runtime version", r["cri_version"]["runtime_version"], f"v{version}"),
+        ("crictl", cri.get("crictl", {}).get("path"), "/usr/local/bin/crictl"),
+        ("pod IP in 10.244.7.0/24", ipaddress.ip_address(r["pod_ip"]) in ipaddress.ip_network("10.244.7.0/24"), True),
+    ]
+    if got != want
+]
+sys.exit("replace-demo: boot 2: " + "; ".join(problems) if problems else 0)
+PY
+[[ "$(k get node worker -o 'jsonpath={.status.nodeInfo.containerRuntimeVersion} {.status.nodeInfo.kubeletVersion}')" == \
+	"containerd://$UPSTREAM_CONTAINERD_VERSION v$UPSTREAM_KUBERNETES_VERSION" ]] ||
+	{ echo "replace-demo: worker is not on containerd $UPSTREAM_CONTAINERD_VERSION with kubelet v$UPSTREAM_KUBERNETES_VERSION" >&2; exit 1; }
 
 say "a new pod on the replaced node runs to Succeeded"
 k apply -f - <<'YAML'
