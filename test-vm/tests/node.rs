@@ -6,10 +6,11 @@
 //! seed and the join stage: Node Ready with the built runtime, a pod bound to it Succeeded.
 //!
 //! The bundle node with a join is `make demo` itself, which `make test` runs (so a broken
-//! demo fails CI). Here: the per-component containerd 2.x node joining; two joins that
-//! cannot succeed (a wrong CA pin, a wrong token), which must fail the join stage in
-//! kubeadm's own words long before its timeout; a netboot of the cpio artifacts; and a stock
-//! base made a node by its seed alone (first boot).
+//! demo fails CI), and the containerd 2.x node joining is the replace demo's second boot.
+//! Here: a fleet of two booted at once, one joining and one whose CA pin is wrong, which
+//! must fail the join stage in kubeadm's own words long before its timeout; a netboot of the
+//! containerd 2.x node's cpio artifacts; and a stock base made a node by its seed alone
+//! (first boot).
 //!
 //! Slow by nature (each boot is about a minute under TCG): the boots take turns, because
 //! two TCG guests on a 2-core machine would each run at half speed and race their timeouts;
@@ -224,33 +225,6 @@ fn stage<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value
     report["stages"].as_array().unwrap().iter().find(|s| s["name"] == name).unwrap_or_else(|| panic!("no {name}"))
 }
 
-/// The per-component path, containerd 2.x: containerd's own archive, runc, the CNI plugins
-/// and crictl as separate releases, the cgroupfs driver and another pod subnet; the seed
-/// joins the real control plane with the real kubeadm, and the join stage sees the Node
-/// Ready as `containerd://2.2.9` and a pod bound to it Succeeded.
-#[test]
-fn per_component_containerd_2_node_joins_and_runs_a_pod() {
-    let dir = image("standin-components");
-    let c = cluster();
-    let seed = join_seed("standin-components", "node-2x", &c.endpoint, &c.token_file, &c.ca_cert_hash);
-    let kubeconfig = c.kubeconfig.to_str().unwrap().to_owned();
-    let report = boot_seeded(&dir, false, &seed, &["--timeout", "900", "--kubeconfig", &kubeconfig]);
-    assert_node(&report, "10.244.7.0/24");
-    // The profile pins crictl: the agent ran it on the node, through the rendered crictl.yaml.
-    let cri = stage(&report, "cri");
-    assert_eq!(cri["detail"]["crictl"]["path"], "/usr/local/bin/crictl", "{cri:#}");
-    assert_eq!(cri["detail"]["crictl"]["version"]["runtime_name"], "containerd", "{cri:#}");
-    let join = stage(&report, "join");
-    let version = std::fs::read_to_string(inputs().mirror.join("upstream.env")).unwrap();
-    let version =
-        version.lines().find_map(|l| l.strip_prefix("UPSTREAM_CONTAINERD_VERSION=")).unwrap().trim_matches('\'');
-    assert_eq!(join["detail"]["container_runtime_version"], format!("containerd://{version}"), "{join:#}");
-    assert_eq!(join["detail"]["kubelet_version"], "v1.34.4", "{join:#}");
-    assert_eq!(join["detail"]["pod"]["phase"], "Succeeded", "{join:#}");
-    assert_eq!(join["detail"]["pod"]["termination_message"], "hello-from-nodeforge-join", "{join:#}");
-    eprintln!("{}", join["detail"]["row"].as_str().unwrap());
-}
-
 /// `test-vm fleet` of `image`'s disk, one node per (name, seed), two at a time with one vCPU
 /// each, joining the cluster of `kubeconfig`; reports under `out`. The boots take turns.
 fn fleet(image: &Path, nodes: &[(&str, &Path)], kubeconfig: &Path, out: &Path) -> (Output, Duration) {
@@ -279,76 +253,66 @@ fn fleet(image: &Path, nodes: &[(&str, &Path)], kubeconfig: &Path, out: &Path) -
 }
 
 /// Two nodes of the containerd 1.6 image booted at once as a fleet (one vCPU each, within
-/// the machine's two cores), each with its own seed: both join the real control plane, each
-/// is Ready as `containerd://1.6.20` on the API server, and each runs a pod bound to it to
-/// `Succeeded`.
+/// the machine's two cores), each with its own seed: `fleet-a` joins the real control plane,
+/// is Ready as `containerd://1.6.20` on the API server and runs a pod bound to it to
+/// `Succeeded`; `wrong-pin` carries a CA pin that is not the cluster's, a join that cannot
+/// succeed: its join stage fails at once, in kubeadm's own words read from the guest, not
+/// after the stage's timeout, while its runtime stages still pass. The fleet exits 1.
 #[test]
-fn a_fleet_of_two_joins_at_once() {
+fn a_fleet_of_two_one_joins_and_a_wrong_ca_pin_fails_fast_in_kubeadms_words() {
     let dir = image("standin");
     let c = cluster();
-    let a = join_seed("standin", "fleet-a", &c.endpoint, &c.token_file, &c.ca_cert_hash);
-    let b = join_seed("standin", "fleet-b", &c.endpoint, &c.token_file, &c.ca_cert_hash);
-    let out = tmp_root().join("fleet-joins");
-    let (o, took) = fleet(&dir, &[("fleet-a", &a), ("fleet-b", &b)], &c.kubeconfig, &out);
-    assert!(o.status.success(), "both nodes must join: {}", text(&o));
-    for node in ["fleet-a", "fleet-b"] {
-        let report: serde_json::Value =
-            serde_json::from_slice(&fs::read(out.join(node).join("report.json")).unwrap()).unwrap();
-        assert_node(&report, "10.88.0.0/16");
-        let join = stage(&report, "join");
-        assert_eq!(join["verdict"], "pass", "{node}: {join:#}");
-        assert_eq!(join["detail"]["node"], node, "{node}: {join:#}");
-        let runtime = join["detail"]["container_runtime_version"].as_str().unwrap();
-        assert!(runtime.starts_with("containerd://1.6.20"), "{node}: {join:#}");
-        assert_eq!(join["detail"]["pod"]["phase"], "Succeeded", "{node}: {join:#}");
-        eprintln!("{}", join["detail"]["row"].as_str().unwrap());
-    }
-    eprintln!("two nodes joined at once in {:.1} s", took.as_secs_f64());
-}
-
-/// Joins that cannot succeed fail the join stage at once, in kubeadm's own words read from
-/// the guest, not after the stage's timeout, and the runtime stages still pass: a wrong CA
-/// pin and a wrong token (the right token id with another secret), booted together as a
-/// fleet of two one-vCPU nodes.
-#[test]
-fn joins_that_cannot_succeed_fail_fast_in_kubeadms_words() {
-    let dir = image("standin");
-    let c = cluster();
+    let good = join_seed("standin", "fleet-a", &c.endpoint, &c.token_file, &c.ca_cert_hash);
     let wrong_pin = format!("sha256:{}", "ab".repeat(32));
-    let pin_seed = join_seed("standin", "wrong-pin", &c.endpoint, &c.token_file, &wrong_pin);
-    let token = std::fs::read_to_string(&c.token_file).unwrap();
-    let (id, secret) = token.trim().split_once('.').unwrap();
-    let other: String = secret.chars().map(|ch| if ch == 'a' { 'b' } else { 'a' }).collect();
-    let wrong_token = tmp_root().join("wrong-token");
-    std::fs::write(&wrong_token, format!("{id}.{other}\n")).unwrap();
-    let token_seed = join_seed("standin", "wrong-token", &c.endpoint, &wrong_token, &c.ca_cert_hash);
+    let bad = join_seed("standin", "wrong-pin", &c.endpoint, &c.token_file, &wrong_pin);
+    let out = tmp_root().join("fleet");
+    let (o, took) = fleet(&dir, &[("fleet-a", &good), ("wrong-pin", &bad)], &c.kubeconfig, &out);
+    assert_eq!(o.status.code(), Some(1), "one node of two must fail: {}", text(&o));
+    let report = |node: &str| -> serde_json::Value {
+        serde_json::from_slice(&fs::read(out.join(node).join("report.json")).unwrap()).unwrap()
+    };
 
-    let out = tmp_root().join("fleet-wrong-joins");
-    let (o, took) = fleet(&dir, &[("wrong-pin", &pin_seed), ("wrong-token", &token_seed)], &c.kubeconfig, &out);
-    assert_eq!(o.status.code(), Some(1), "both nodes must fail: {}", text(&o));
-    for (node, kubeadm_says) in
-        [("wrong-pin", "none of the public keys"), ("wrong-token", "failed to verify JWS signature")]
-    {
-        let report: serde_json::Value =
-            serde_json::from_slice(&fs::read(out.join(node).join("report.json")).unwrap()).unwrap();
-        for s in ["kernel", "boot", "cloud-init", "containerd", "cri", "pod", "kubelet-config"] {
-            assert_eq!(stage(&report, s)["verdict"], "pass", "{node}: {s} {report:#}");
-        }
-        let join = stage(&report, "join");
-        assert_eq!(join["verdict"], "fail", "{node}: {join:#}");
-        let msg = join["message"].as_str().unwrap();
-        assert!(msg.starts_with("kubeadm join failed on the node: ") && msg.contains(kubeadm_says), "{node}: {msg}");
-        // At once: not after the 600 s join timeout.
-        assert!(join["duration_ms"].as_u64().unwrap() < 5_000, "{node}: {join:#}");
+    let a = report("fleet-a");
+    assert_node(&a, "10.88.0.0/16");
+    let join = stage(&a, "join");
+    assert_eq!(join["verdict"], "pass", "fleet-a: {join:#}");
+    assert_eq!(join["detail"]["node"], "fleet-a", "{join:#}");
+    let runtime = join["detail"]["container_runtime_version"].as_str().unwrap();
+    assert!(runtime.starts_with("containerd://1.6.20"), "{join:#}");
+    assert_eq!(join["detail"]["kubelet_version"], "v1.34.4", "{join:#}");
+    assert_eq!(join["detail"]["pod"]["phase"], "Succeeded", "{join:#}");
+    assert_eq!(join["detail"]["pod"]["termination_message"], "hello-from-nodeforge-join", "{join:#}");
+    eprintln!("{}", join["detail"]["row"].as_str().unwrap());
+
+    let b = report("wrong-pin");
+    for s in ["kernel", "boot", "cloud-init", "containerd", "cri", "pod", "kubelet-config"] {
+        assert_eq!(stage(&b, s)["verdict"], "pass", "wrong-pin: {s} {b:#}");
     }
-    assert!(took.as_secs() < 600, "the failing joins took {took:?}");
+    let join = stage(&b, "join");
+    assert_eq!(join["verdict"], "fail", "wrong-pin: {join:#}");
+    let msg = join["message"].as_str().unwrap();
+    assert!(msg.starts_with("kubeadm join failed on the node: ") && msg.contains("none of the public keys"), "{msg}");
+    // At once: not after the 600 s join timeout.
+    assert!(join["duration_ms"].as_u64().unwrap() < 5_000, "wrong-pin: {join:#}");
+    eprintln!("the fleet of two took {:.1} s", took.as_secs_f64());
 }
 
+/// The containerd 2.x node (the per-component path: containerd's own archive, runc, the CNI
+/// plugins and crictl as separate releases, the cgroupfs driver, another pod subnet) booted
+/// from its cpio artifacts. Its join is the replace demo's second boot (`make test`).
 #[test]
-fn netboot_of_the_cpio_artifacts() {
-    let report = boot(&image("standin"), true);
-    assert_node(&report, "10.88.0.0/16");
+fn netboot_of_the_containerd_2_cpio_artifacts() {
+    let report = boot(&image("standin-components"), true);
+    assert_node(&report, "10.244.7.0/24");
     assert_eq!(report["mode"], "netboot");
+    // The profile pins crictl: the agent ran it on the node, through the rendered crictl.yaml.
+    let cri = stage(&report, "cri");
+    assert_eq!(cri["detail"]["crictl"]["path"], "/usr/local/bin/crictl", "{cri:#}");
+    assert_eq!(cri["detail"]["crictl"]["version"]["runtime_name"], "containerd", "{cri:#}");
+    let version = fs::read_to_string(inputs().mirror.join("upstream.env")).unwrap();
+    let version =
+        version.lines().find_map(|l| l.strip_prefix("UPSTREAM_CONTAINERD_VERSION=")).unwrap().trim_matches('\'');
+    assert_eq!(report["cri_version"]["runtime_version"], format!("v{version}"), "{report:#}");
 }
 
 /// A stock image made a node by its seed alone: the disk is the base without the overlay
