@@ -150,7 +150,9 @@ fn the_initrd_holds_init_busybox_and_modules_in_dependency_order() {
 }
 
 /// Boot QEMU (TCG: KVM hangs on these machines, see vm-facts), wait for `marker` on the
-/// serial console, kill it on timeout, and return the log.
+/// serial console, kill it on timeout, and return the log. The limits are generous: the two
+/// boots of this file run at once on two cores, and the netboot unpacks ~300 MB of cpio under
+/// TCG; a failing initramfs prints FATAL or powers off, which ends the wait at once.
 fn boot(name: &str, args: &[&str], marker: &str, timeout: Duration) -> String {
     let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
     let log = tmp.join(format!("{name}.serial.log"));
@@ -252,7 +254,7 @@ fn the_disk_boots_and_init_switches_into_it_with_the_agent_hook() {
             &append,
         ],
         "NODEFORGE-ROOT-OK",
-        Duration::from_secs(90),
+        Duration::from_secs(240),
     );
     assert!(serial.contains("nodeforge-initramfs: agent hook installed into /run"), "{serial}");
     assert!(serial.contains("nodeforge-initramfs: switching root"), "{serial}");
@@ -283,7 +285,7 @@ fn netboot_copies_the_tree_to_a_tmpfs_and_switches_into_it() {
             &append,
         ],
         "NODEFORGE-NETBOOT-OK",
-        Duration::from_secs(240),
+        Duration::from_secs(600),
     );
 }
 
