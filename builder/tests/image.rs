@@ -275,8 +275,10 @@ fn netboot_copies_the_tree_to_a_tmpfs_and_switches_into_it() {
     boot(
         "netboot",
         &[
+            // The initrd (~450 MB with the Kubernetes binaries) and the tree unpacked from it
+            // both sit in RAM: with 2 GiB the kernel had 255 MiB left and found no root.
             "-m",
-            "2048",
+            "3072",
             "-kernel",
             out.join("vmlinuz").to_str().unwrap(),
             "-initrd",
