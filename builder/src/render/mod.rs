@@ -4,6 +4,9 @@
 //! function of the [`Profile`]: no I/O, no clock, no environment, so the same profile always
 //! gives the same bytes and the golden tests in `tests/render_golden.rs` can pin them.
 //! Version-dependent choices come from [`crate::compat`] or are documented where they are made.
+//! A body no profile or version changes is not a string literal here: it lives as a file under
+//! `overlays/` at the node path it is installed to, is embedded with `include_str!`, and its
+//! renderer adds only the header that names the profile (`system`, `kubelet_service`).
 
 mod cni;
 pub mod containerd_config;
