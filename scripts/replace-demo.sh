@@ -48,6 +48,8 @@ NODEFORGE_FIXTURE_MTIME=1704067200 bash fixtures/images/build-oci-image.sh --ref
 blobs() { tar -tf "$1" | sed -n 's|^blobs/sha256/\(.\)|\1|p' | sort; }
 shared=$(comm -12 <(blobs "$out/registry/busybox.tar") <(blobs "$out/mirror/images/test-busybox.tar"))
 [[ -z "$shared" ]] || { echo "replace-demo: the registry's image shares blobs with the preloaded one: $shared" >&2; exit 1; }
+# The registry checked on the host first: curl, skopeo and a throwaway containerd 2.x pull it.
+bash fixtures/registry/check-registry.sh "$out/registry/busybox.tar" "$UPSTREAM_BIN_DIR"
 rm -f "$out/registry/port" "$out/registry/requests.log"
 python3 fixtures/registry/serve-registry.py --archive "$out/registry/busybox.tar" \
 	--log "$out/registry/requests.log" --port-file "$out/registry/port" >/dev/null 2>"$out/registry/server.log" &
