@@ -118,7 +118,13 @@ struct Rules {
 
 impl Rules {
     /// Check a member's mode and keep it. Symlinks carry no mode of their own (0777).
-    fn keep(&self, members: &mut BTreeMap<OverlayPath, Member>, member: String, mode: u32, kind: EntryKind) -> Result<()> {
+    fn keep(
+        &self,
+        members: &mut BTreeMap<OverlayPath, Member>,
+        member: String,
+        mode: u32,
+        kind: EntryKind,
+    ) -> Result<()> {
         let name = &self.name;
         let path = OverlayPath::new(&member).with_context(|| format!("{name}: `{member}`"))?;
         let mode = match kind {
@@ -143,7 +149,12 @@ fn normalised(paths: &[String], name: &str, key: &str) -> Result<BTreeSet<Overla
 /// Read every `[[overlay]]` of the profile, in order, staging their files under `staging`
 /// (a directory the caller owns and removes). A path that is missing or of the wrong kind
 /// fails with [`ExitClass::Profile`], unsafe or malformed content with [`ExitClass::Archive`].
-pub fn read_all(loaded: &LoadedProfile, staging: &Path, limits: Limits, interrupt: &Interrupt) -> Result<Vec<SiteTree>> {
+pub fn read_all(
+    loaded: &LoadedProfile,
+    staging: &Path,
+    limits: Limits,
+    interrupt: &Interrupt,
+) -> Result<Vec<SiteTree>> {
     let mut out = Vec::new();
     for (i, spec) in loaded.profile.overlays.iter().enumerate() {
         let name = format!("[[overlay]] #{} {}", i + 1, spec.path);
@@ -458,7 +469,9 @@ mod tests {
         assert_eq!(o.get("etc/site").unwrap().mode, 0o750);
         let token = o.get("etc/site/token").unwrap();
         assert_eq!(token.mode, 0o600);
-        assert!(matches!(&token.origin, Origin::Site { overlay, member, .. } if overlay == "site" && member == "etc/site/token"));
+        assert!(
+            matches!(&token.origin, Origin::Site { overlay, member, .. } if overlay == "site" && member == "etc/site/token")
+        );
         assert!(matches!(&o.get("etc/token-link").unwrap().kind, EntryKind::Symlink(t) if t == "site/token"));
         let EntryKind::File(c) = &o.get("etc/crictl.yaml").unwrap().kind else { panic!("not a file") };
         assert_eq!(c.sha256(), Sha256Hex(Sha256::digest(b"site\n").into()), "the override won");
@@ -586,7 +599,8 @@ mod tests {
     fn forms_are_told_apart() {
         let tmp = tempfile::tempdir().unwrap();
         let p = tmp.path();
-        for (file, form) in [("a.tar", SourceForm::Tar), ("a.tar.gz", SourceForm::TarGz), ("a.tgz", SourceForm::TarGz)] {
+        for (file, form) in [("a.tar", SourceForm::Tar), ("a.tar.gz", SourceForm::TarGz), ("a.tgz", SourceForm::TarGz)]
+        {
             fs::write(p.join(file), b"").unwrap();
             assert_eq!(source_form(&p.join(file)), Ok(form));
         }

@@ -183,7 +183,9 @@ fn site_secrets_keep_their_modes_on_the_disk_and_in_the_netboot_tree() {
     // And the build's own archives, as GNU tar and cpio list them.
     let tar = run(Command::new("tar").arg("-tvzf").arg(out.join("overlay.tar.gz")));
     let tar = String::from_utf8_lossy(&tar.stdout).into_owned();
-    for (path, mode) in [("etc/nodeforge-site/registry-token", "-rw-------"), ("etc/nodeforge-site/client.key", "-rw-r-----")] {
+    for (path, mode) in
+        [("etc/nodeforge-site/registry-token", "-rw-------"), ("etc/nodeforge-site/client.key", "-rw-r-----")]
+    {
         let line = tar.lines().find(|l| l.ends_with(&format!(" {path}"))).unwrap_or_else(|| panic!("{path}: {tar}"));
         assert!(line.starts_with(&format!("{mode} root/root ")), "{line}");
     }

@@ -63,8 +63,7 @@ fn site_tree(root: &Path) {
     fs::write(root.join("etc/crictl.yaml"), SITE_CRICTL).unwrap();
 }
 
-const SITE_OVERLAY: &str =
-    "overrides = [\"etc/crictl.yaml\"]\nsetuid = [\"usr/local/bin/site-helper\"]\n";
+const SITE_OVERLAY: &str = "overrides = [\"etc/crictl.yaml\"]\nsetuid = [\"usr/local/bin/site-helper\"]\n";
 
 fn build(server: &TestServer, profile: &Path, out: &Path, cache: &Path) -> std::process::Output {
     nodeforge(&["build", "--profile", s(profile), "--mirror", &server.base(), "--out", s(out)], cache)
@@ -198,11 +197,8 @@ fn a_site_overlay_keeps_modes_records_origins_and_builds_the_same_bytes() {
     }
 
     // From a .tar.gz of the same tree, made by GNU tar with the files' own owners and times.
-    let t = Command::new("tar")
-        .args(["-czf", "site.tar.gz", "-C", "site", "."])
-        .current_dir(tmp.path())
-        .output()
-        .unwrap();
+    let t =
+        Command::new("tar").args(["-czf", "site.tar.gz", "-C", "site", "."]).current_dir(tmp.path()).output().unwrap();
     assert!(t.status.success(), "{}", text(&t));
     let tar_dir = tmp.path().join("tar");
     fs::create_dir(&tar_dir).unwrap();
@@ -248,7 +244,9 @@ fn hostile() -> Vec<Hostile> {
     vec![
         Hostile {
             what: "a `..` member in a tar",
-            make: |d| fs::write(d.join("evil.tar.gz"), crafted(&[("etc/../../escape", b'0', "", 0o644, b"x")])).unwrap(),
+            make: |d| {
+                fs::write(d.join("evil.tar.gz"), crafted(&[("etc/../../escape", b'0', "", 0o644, b"x")])).unwrap()
+            },
             overlay: "path = \"evil.tar.gz\"\n",
             code: 5,
             says: &["[[overlay]] #1 evil.tar.gz: entry `etc/../../escape` has a `..`"],
@@ -285,7 +283,9 @@ fn hostile() -> Vec<Hostile> {
             },
             overlay: "path = \"site\"\n",
             code: 5,
-            says: &["[[overlay]] #1 site: symlink `etc/shadow` points outside the archive (to `../../../../etc/shadow`)"],
+            says: &[
+                "[[overlay]] #1 site: symlink `etc/shadow` points outside the archive (to `../../../../etc/shadow`)",
+            ],
         },
         Hostile {
             what: "a replacement without an override",
@@ -335,7 +335,8 @@ fn hostile_site_overlays_are_refused_with_nothing_left_in_out() {
         } else if let Some(missing) = h.says.iter().find(|m| !stderr.contains(*m)) {
             failures.push(format!("{}: the error does not say {missing:?}: {stderr}", h.what));
         }
-        let left: Vec<_> = fs::read_dir(&out).map(|rd| rd.map(|e| e.unwrap().file_name()).collect()).unwrap_or_default();
+        let left: Vec<_> =
+            fs::read_dir(&out).map(|rd| rd.map(|e| e.unwrap().file_name()).collect()).unwrap_or_default();
         if !left.is_empty() {
             failures.push(format!("{}: left {left:?} in --out", h.what));
         }
