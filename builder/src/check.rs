@@ -236,9 +236,13 @@ pub fn check(loaded: &LoadedProfile) -> Vec<Finding> {
         });
     }
 
-    let rendered: BTreeMap<String, &'static str> = crate::render::render_profile(p)
-        .map(|r| r.iter().map(|r| (r.path().to_owned(), r.renderer())).collect())
-        .unwrap_or_default();
+    // Which renderer writes each path, to name it in a site-override warning.
+    let rendered: BTreeMap<String, &'static str> = if p.overlays.iter().any(|o| !o.overrides.is_empty()) {
+        let all = crate::render::render_profile(p).unwrap_or_default();
+        all.iter().map(|r| (r.path().to_owned(), r.renderer())).collect()
+    } else {
+        BTreeMap::new()
+    };
     let mut warn =
         |code, message: String, fix: String| out.push(Finding { severity: Severity::Warning, code, message, fix });
     // A site file that wins over a generated one is the operator's to keep in step from then on.
