@@ -11,7 +11,9 @@
 #   cpio                  GNU cpio reads the overlay cpio
 #   dpkg-dev / apt        `apt-get download` + `dpkg-deb -x` build the offline stand-in release
 #                         (amd64, and arm64 through `dpkg --add-architecture arm64`)
-#   python3               serves the stand-in mirror over HTTP in `make demo`
+#   python3               serves the stand-in mirror over HTTP in `make demo`, and the replace
+#                         demo's registry (fixtures/registry/serve-registry.py)
+#   curl, jq, skopeo      fixtures/registry/check-registry.sh reads that registry as clients do
 #   qemu-system-x86       test-vm boots guests (the fake guest in its tests, node images)
 #   qemu-utils            qemu-img: `nodeforge image` (convert) and test-vm's per-run COW layer
 #   util-linux            setpriv --pdeathsig: QEMU dies with a SIGKILLed test-vm
@@ -41,6 +43,9 @@ want cpio cpio
 want blkid util-linux
 want python3 python3
 want gzip gzip
+want curl curl
+want jq jq
+want skopeo skopeo
 want sha256sum coreutils
 want cc gcc
 want pkg-config pkg-config

@@ -10,7 +10,11 @@
 #      carries a new instance-id and the containerd 2.x image's overlay, so first boot runs
 #      again, resets the old kubelet and joins; replace waits until the Node is back Ready
 #      from the new boot as containerd://2.x, uncordons it and prints before and after;
-#   4. a new pod bound to the node runs to Succeeded.
+#   4. a new pod bound to the node runs to Succeeded, its image pulled (imagePullPolicy: Always)
+#      from a read-only registry on the host (fixtures/registry/serve-registry.py), which the
+#      node knows only from a site overlay of the 2.x build: certs.d/registry.nodeforge.test/
+#      hosts.toml pointing at 10.0.2.2 (the host, as QEMU's user network shows it). The
+#      registry's request log must show the manifest and every layer served.
 # Everything goes under NODEFORGE_REPLACE_DIR (default out/replace); the mirror, base and
 # image builds are the cached ones `make demo` uses. `make test` runs this script.
 set -euo pipefail
@@ -35,10 +39,46 @@ kubectl=$UPSTREAM_BIN_DIR/kubectl
 bash fixtures/base/build-base.sh "$out/base" >/dev/null
 . scripts/serve-mirror.sh "$out/mirror"
 
+say "a registry on 127.0.0.1 (10.0.2.2 from the guest) serving a busybox image no node holds"
+# Built with another timestamp, so no blob matches the preloaded test image's: a layer the
+# node already has would not be fetched, and the request log would prove nothing.
+mkdir -p "$out/registry"
+NODEFORGE_FIXTURE_MTIME=1704067200 bash fixtures/images/build-oci-image.sh --ref registry.nodeforge.test/busybox:1 \
+	--out "$out/registry/busybox.tar" --entrypoint /bin/sh --cmd "-c 'echo from-the-registry'" >/dev/null
+blobs() { tar -tf "$1" | sed -n 's|^blobs/sha256/\(.\)|\1|p' | sort; }
+shared=$(comm -12 <(blobs "$out/registry/busybox.tar") <(blobs "$out/mirror/images/test-busybox.tar"))
+[[ -z "$shared" ]] || { echo "replace-demo: the registry's image shares blobs with the preloaded one: $shared" >&2; exit 1; }
+# The registry checked on the host first: curl, skopeo and a throwaway containerd 2.x pull it.
+bash fixtures/registry/check-registry.sh "$out/registry/busybox.tar" "$UPSTREAM_BIN_DIR"
+rm -f "$out/registry/port" "$out/registry/requests.log"
+python3 fixtures/registry/serve-registry.py --archive "$out/registry/busybox.tar" \
+	--log "$out/registry/requests.log" --port-file "$out/registry/port" >/dev/null 2>"$out/registry/server.log" &
+registry_pid=$!
+trap 'kill "$registry_pid" "$mirror_server_pid" 2>/dev/null; rm -f "$portfile"' EXIT
+for _ in $(seq 100); do [[ -s "$out/registry/port" ]] && break; sleep 0.1; done
+[[ -s "$out/registry/port" ]] || { cat "$out/registry/server.log" >&2; echo "replace-demo: the registry did not start" >&2; exit 1; }
+registry_port=$(cat "$out/registry/port")
+
+say "the site overlay of the containerd $UPSTREAM_CONTAINERD_VERSION build: the registry's hosts.toml"
+rm -rf "$out/site"
+mkdir -p "$out/site/etc/containerd/certs.d/registry.nodeforge.test"
+cat >"$out/site/etc/containerd/certs.d/registry.nodeforge.test/hosts.toml" <<HOSTS
+# The demo's registry on the host, as QEMU's user network shows the host to the guest.
+server = "http://10.0.2.2:$registry_port"
+
+[host."http://10.0.2.2:$registry_port"]
+  capabilities = ["pull", "resolve"]
+HOSTS
+# standin-components.toml with the overlay; its image archives named by absolute path, as
+# they sit beside the original.
+site_profile=$out/standin-components-site.toml
+sed "s|^source = \"|source = \"$out/mirror/|" "$out/mirror/standin-components.toml" >"$site_profile"
+printf '\n[[overlay]]\npath = "site"\n' >>"$site_profile"
+
 say "the containerd 1.6 image, and the containerd $UPSTREAM_CONTAINERD_VERSION build whose overlay replaces it"
 NODEFORGE_CACHE_DIR="$out/cache" "$nf" image --profile "$out/mirror/standin.toml" --mirror "$mirror" \
 	--base "$out/base/rootfs.tar" --out "$out/image-1.6" >/dev/null
-NODEFORGE_CACHE_DIR="$out/cache" "$nf" build --profile "$out/mirror/standin-components.toml" --mirror "$mirror" \
+NODEFORGE_CACHE_DIR="$out/cache" "$nf" build --profile "$site_profile" --mirror "$mirror" \
 	--out "$out/build-2x" >/dev/null
 
 say "a real control plane on 127.0.0.1"
@@ -47,7 +87,7 @@ rm -f "$out/worker.qcow2" "$out"/boot-*.json "$out"/*.pid
 stop_all() {
 	local rc=$? f
 	for f in "$out"/boot-*.pid; do [[ -f "$f" ]] && { kill "$(cat "$f")" 2>/dev/null || true; }; done
-	kill ${cp_pid:+"$cp_pid"} "$mirror_server_pid" 2>/dev/null || true
+	kill ${cp_pid:+"$cp_pid"} "$registry_pid" "$mirror_server_pid" 2>/dev/null || true
 	wait 2>/dev/null || true
 	rm -f "$portfile"
 	exit "$rc"
@@ -131,7 +171,7 @@ rc=0
 	{ echo "replace-demo: a refused drain evicted the workload" >&2; exit 1; }
 
 say "worker's next life: a seed with a new instance-id carrying the containerd $UPSTREAM_CONTAINERD_VERSION overlay"
-"$nf" seed --profile "$out/mirror/standin-components.toml" --node worker --instance-id worker-r2 \
+"$nf" seed --profile "$site_profile" --node worker --instance-id worker-r2 \
 	--overlay "$out/build-2x/overlay.tar.gz" --out "$out/seed-2" "${join[@]}" >/dev/null
 cat >"$out/reprovision.sh" <<EOF
 #!/usr/bin/env bash
@@ -195,7 +235,7 @@ PY
 	"containerd://$UPSTREAM_CONTAINERD_VERSION v$UPSTREAM_KUBERNETES_VERSION" ]] ||
 	{ echo "replace-demo: worker is not on containerd $UPSTREAM_CONTAINERD_VERSION with kubelet v$UPSTREAM_KUBERNETES_VERSION" >&2; exit 1; }
 
-say "a new pod on the replaced node runs to Succeeded"
+say "a new pod on the replaced node pulls its image from the registry and runs to Succeeded"
 k apply -f - <<'YAML'
 apiVersion: v1
 kind: Pod
@@ -206,12 +246,28 @@ spec:
   automountServiceAccountToken: false
   containers:
   - name: hello
-    image: nodeforge.test/busybox:1
-    imagePullPolicy: Never
+    image: registry.nodeforge.test/busybox:1
+    imagePullPolicy: Always
     command: ["/bin/sh", "-c", "echo replaced"]
 YAML
 k wait --for=jsonpath='{.status.phase}'=Succeeded pod/after-replace --timeout=180s ||
-	{ k describe pod after-replace; k get events -A; tail -n 30 "$out/serial-2.log"; exit 1; }
+	{ k describe pod after-replace; k get events -A; cat "$out/registry/requests.log"; tail -n 30 "$out/serial-2.log"; exit 1; }
+# Evidence from outside the guest: the registry served the manifest and every layer.
+python3 - "$out/registry/busybox.tar" "$out/registry/requests.log" <<'PY'
+import json, re, sys, tarfile
+archive, log = sys.argv[1], sys.argv[2]
+t = tarfile.open(archive)
+digest = json.load(t.extractfile("index.json"))["manifests"][0]["digest"]
+manifest = json.load(t.extractfile("blobs/sha256/" + digest.split(":", 1)[1]))
+# containerd adds ?ns=<registry> when it pulls through a hosts.toml entry: compare paths only.
+served = {re.sub(r"\?\S*", "", line) for line in open(log).read().splitlines()}
+wanted = {"GET /v2/busybox/manifests/1 200", f"GET /v2/busybox/manifests/{digest} 200"}
+missing = [] if wanted & served else [f"manifest {digest}"]
+missing += [f"layer {l['digest']}" for l in manifest["layers"] if f"GET /v2/busybox/blobs/{l['digest']} 200" not in served]
+if missing:
+    sys.exit(f"replace-demo: the registry never served {', '.join(missing)} (log: {log})")
+print(f"registry: served manifest {digest} and {len(manifest['layers'])} layer(s) to the node")
+PY
 k get node worker -o wide
 printf '\nverdict: worker replaced: containerd 1.6 -> %s, drained, reprovisioned, Ready, uncordoned, running pods (%s s)\n' \
 	"$(k get node worker -o 'jsonpath={.status.nodeInfo.containerRuntimeVersion}')" "$((SECONDS - start))"

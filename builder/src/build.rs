@@ -26,7 +26,7 @@ use crate::output::{self, DirLock, WorkDir};
 use crate::overlay::{Content, EntryKind, Origin, Overlay, OverlayPath};
 use crate::profile::{Arch, LoadedProfile, SourceKind, Sources};
 use crate::release::{self, BundleRequest, ComponentRequest, Limits, SelectedFile, Selection};
-use crate::{render, seed};
+use crate::{render, seed, site};
 
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
@@ -97,6 +97,8 @@ pub struct Pending<'a> {
     loaded: &'a LoadedProfile,
     opts: &'a BuildOptions,
     sources: Fetched,
+    /// The site overlays, recorded as sources beside the fetched ones.
+    site_sources: Vec<SourceRecord>,
     overlay: Overlay,
     artifacts: Vec<ArtifactInfo>,
     skipped: Vec<String>,
@@ -144,11 +146,12 @@ impl Pending<'_> {
     pub fn commit(self, interrupt: &Interrupt) -> Result<BuildReport> {
         interrupt.check()?;
         let mut artifacts = self.artifacts;
-        let records: Vec<SourceRecord> = self
+        let mut records: Vec<SourceRecord> = self
             .sources
             .all()
             .map(|s| SourceRecord { kind: s.kind.clone(), url: s.url.clone(), sha256: s.sha256 })
             .collect();
+        records.extend(self.site_sources.iter().cloned());
         let manifest = Manifest::new(self.loaded, records, &self.overlay, artifacts.clone(), self.opts.mtime);
         artifacts.push(manifest.write(&self.dir)?);
         manifest::write_sha256sums(&self.dir, &artifacts)?;
@@ -202,6 +205,9 @@ pub fn stage<'a>(
     fs::create_dir(&staging)?;
     fs::create_dir(&dir)?;
 
+    // The site overlays are read first: hostile content fails the build before the releases
+    // are unpacked. They are merged last, over everything nodeforge generates.
+    let site = site::read_all(loaded, &staging, opts.limits, interrupt)?;
     let mut overlay = Overlay::new();
     let assembled = assemble(loaded, &sources.upstream, &staging, opts, interrupt, &mut overlay)?;
 
@@ -214,6 +220,11 @@ pub fn stage<'a>(
         let origin = Origin::Image { reference: img.image.reference.to_string(), sha256: got.sha256 };
         overlay.add_file(&render::image_archive_path(&img.image.reference), 0o644, content, origin)?;
     }
+    site::merge_all(&site, &mut overlay).context(ExitClass::Profile)?;
+    let site_sources = site
+        .iter()
+        .map(|t| SourceRecord { url: t.shown.clone(), sha256: t.sha256, kind: site::SOURCE_KIND.to_owned() })
+        .collect();
     interrupt.check()?;
 
     let mut artifacts: Vec<ArtifactInfo> = archive::write_both(&overlay, &dir, opts.mtime, interrupt)?.into();
@@ -228,6 +239,7 @@ pub fn stage<'a>(
         loaded,
         opts,
         sources,
+        site_sources,
         overlay,
         artifacts,
         skipped: assembled.skipped,

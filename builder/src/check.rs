@@ -1,7 +1,7 @@
 //! `nodeforge check`: combinations that parse but cannot work, refused with the reason and
 //! the fix, and risky ones flagged. Every rule cites the fact it rests on (runtime-facts).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::compat::{self, CgroupV1, CriApi, V3Config};
 use crate::exit::ExitClass;
 use crate::imageref::ImageRef;
+use crate::overlay::OverlayPath;
 use crate::profile::{Arch, CgroupDriver, CgroupVersion, ConfigVersion, LoadedProfile, Sources};
 use crate::render::{containerd_config, sandbox_image};
 
@@ -200,6 +201,18 @@ pub fn check(loaded: &LoadedProfile) -> Vec<Finding> {
             );
         }
     }
+    // A site overlay is read only by a build; what can be judged without reading it is that
+    // its path is there and is a directory or a tar archive.
+    for (i, o) in p.overlays.iter().enumerate() {
+        let source = loaded.resolve(&o.path);
+        if let Err(why) = crate::site::source_form(&source) {
+            err(
+                "overlay-source",
+                format!("[[overlay]] #{} path {}: {} {why}", i + 1, o.path, source.display()),
+                "give a directory, .tar, .tar.gz or .tgz, relative to the profile file or absolute".into(),
+            );
+        }
+    }
     let mut all_refs: Vec<(&str, &ImageRef)> = p.images.iter().map(|i| ("[[image]] ref", &i.reference)).collect();
     let sandbox = sandbox_image(p);
     all_refs.push(("node.sandbox_image", &sandbox));
@@ -223,8 +236,32 @@ pub fn check(loaded: &LoadedProfile) -> Vec<Finding> {
         });
     }
 
+    // Which renderer writes each path, to name it in a site-override warning.
+    let rendered: BTreeMap<String, &'static str> = if p.overlays.iter().any(|o| !o.overrides.is_empty()) {
+        let all = crate::render::render_profile(p).unwrap_or_default();
+        all.iter().map(|r| (r.path().to_owned(), r.renderer())).collect()
+    } else {
+        BTreeMap::new()
+    };
     let mut warn =
         |code, message: String, fix: String| out.push(Finding { severity: Severity::Warning, code, message, fix });
+    // A site file that wins over a generated one is the operator's to keep in step from then on.
+    for (i, o) in p.overlays.iter().enumerate() {
+        for path in o.overrides.iter().filter_map(|p| OverlayPath::new(p).ok()) {
+            let what = rendered.get(path.as_str()).map_or(String::new(), |r| format!(" (`{r}` renders it)"));
+            warn(
+                "site-override",
+                format!(
+                    "[[overlay]] #{} {} replaces {path}{what} with its own file: nodeforge no longer manages that path",
+                    i + 1,
+                    o.path
+                ),
+                "compare the site's file with what nodeforge writes (`nodeforge render`) on every upgrade, or drop \
+                 the path from overrides to get nodeforge's file back"
+                    .into(),
+            );
+        }
+    }
     if p.node.cgroup_version == CgroupVersion::V1 && compat::kubelet_cgroup_v1(k8s) != CgroupV1::Refused {
         warn(
             "cgroup-v1-maintenance",
@@ -522,6 +559,32 @@ mod tests {
         assert!(found.message.contains("SystemdCgroup"), "{found}");
         let fine = "[containerd.config.plugins.\"io.containerd.cri.v1.runtime\"]\nenable_cdi = true\n";
         assert!(check(&load_components(fine, "1.35.1", "2.2.1")).is_empty());
+    }
+
+    #[test]
+    fn site_overlays_are_checked_without_being_read() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("site")).unwrap();
+        std::fs::write(dir.path().join("site.tar.gz"), b"").unwrap();
+        std::fs::write(dir.path().join("site.zip"), b"").unwrap();
+        let at = |extra: &str| {
+            let mut l = load_components(extra, "1.35.1", "2.2.1");
+            l.path = dir.path().join("p.toml");
+            check(&l)
+        };
+        let good = "[[overlay]]\npath = \"site\"\n[[overlay]]\npath = \"site.tar.gz\"\n";
+        assert!(at(good).is_empty(), "{:?}", at(good));
+        for (path, why) in [("missing", "does not exist"), ("site.zip", "not a .tar")] {
+            let f = at(&format!("[[overlay]]\npath = \"site\"\n[[overlay]]\npath = \"{path}\"\n"));
+            assert_eq!(codes(&f), ["overlay-source"]);
+            assert!(f[0].message.starts_with(&format!("[[overlay]] #2 path {path}:")), "{}", f[0]);
+            assert!(f[0].message.contains(why), "{}", f[0]);
+        }
+        let f = at("[[overlay]]\npath = \"site\"\noverrides = [\"/etc/crictl.yaml\", \"usr/local/bin/crictl\"]\n");
+        assert_eq!(codes(&f), ["site-override", "site-override"]);
+        assert!(!has_errors(&f));
+        assert!(f[0].message.contains("replaces /etc/crictl.yaml (`crictl` renders it)"), "{}", f[0]);
+        assert!(f[1].message.contains("replaces /usr/local/bin/crictl with its own file: nodeforge no longer manages"));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use url::Url;
     about = "Build verified containerd Kubernetes nodes: fetch the release, assemble the overlay, write the artifacts",
     after_help = "Exit codes: 0 success, 1 other failure, 2 usage error, 3 invalid profile, \
                   4 download or verification failure (also: a pinned digest its project does not publish, in `lock`), \
-                  5 unsafe or malformed upstream archive, 130 interrupted. With --locked, a source missing from or \
+                  5 unsafe or malformed upstream archive or site overlay, 130 interrupted. With --locked, a source missing from or \
                   different from the lock file exits 3 before anything is downloaded."
 )]
 pub struct Cli {

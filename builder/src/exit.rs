@@ -54,7 +54,7 @@ impl std::fmt::Display for ExitClass {
         f.write_str(match self {
             ExitClass::Profile => "invalid profile",
             ExitClass::Fetch => "download failed",
-            ExitClass::Archive => "unsafe or malformed upstream archive",
+            ExitClass::Archive => "unsafe or malformed archive or site overlay",
             ExitClass::Usage => "usage error",
             ExitClass::DrainBlocked => "drain blocked by a PodDisruptionBudget",
             ExitClass::PodsWouldBeLost => "drain would lose pods",

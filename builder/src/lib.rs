@@ -2,9 +2,9 @@
 //!
 //! The data path reads straight through: a [`profile`] names the sources; [`fetch`]
 //! downloads and verifies them; [`release`] selects what a node needs from the upstream
-//! archive; [`render`] generates the configuration; all of it lands in an [`overlay`] value
-//! that the writers in [`archive`], [`seed`] and [`manifest`] serialise. [`build`] runs the
-//! whole path; [`image`] lays the result onto a base root tree as a bootable test node.
+//! archive; [`render`] generates the configuration; [`site`] reads the operator's own files
+//! with the same care; all of it lands in an [`overlay`] value that the writers in
+//! [`archive`], [`seed`] and [`manifest`] serialise. [`build`] runs the whole path; [`image`] lays the result onto a base root tree as a bootable test node.
 
 /// Implement `Serialize`/`Deserialize` through `Display`/`FromStr`, for values that have one
 /// canonical spelling (versions, image references, digests).
@@ -53,5 +53,6 @@ pub mod render;
 #[cfg(feature = "cluster")]
 pub mod replace;
 pub mod seed;
+pub mod site;
 pub mod table;
 pub mod version;

@@ -49,12 +49,13 @@ pub struct ProfileRecord {
 /// An external input: the release bundle, a preloaded image archive.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub struct SourceRecord {
-    /// A URL (credentials and query string redacted), or a path relative to the profile for
-    /// local image archives.
+    /// A URL (credentials and query string redacted), or a path as the profile writes it for
+    /// local image archives and site overlays.
     pub url: String,
+    /// For a site overlay directory, of its listing (see [`crate::site`]).
     pub sha256: Sha256Hex,
     /// What it is: `bundle`, `containerd`, `runc`, `cni-plugins`, `crictl`, `kubelet`,
-    /// `kubeadm`, `kubectl` or `image`. Last, so records still sort by URL.
+    /// `kubeadm`, `kubectl`, `image` or `site-overlay`. Last, so records still sort by URL.
     pub kind: String,
 }
 

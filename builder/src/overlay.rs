@@ -81,8 +81,25 @@ pub enum Origin {
     Static { source: String },
     /// An image archive named by the profile, for import at first boot.
     Image { reference: String, sha256: Sha256Hex },
+    /// A file, link or directory from a site overlay (`[[overlay]]`): `overlay` is its path as
+    /// the profile writes it, `member` the path inside it, `sha256` the digest of the tar
+    /// archive, or of a directory's listing (see [`crate::site`]).
+    Site { overlay: String, member: String, sha256: Sha256Hex },
     /// A directory created because something was placed inside it.
     Parent,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Upstream { artifact, member, .. } => write!(f, "upstream {artifact} (member {member})"),
+            Origin::Rendered { renderer } => write!(f, "nodeforge's `{renderer}` renderer"),
+            Origin::Static { source } => write!(f, "nodeforge's static file {source}"),
+            Origin::Image { reference, .. } => write!(f, "the preloaded image {reference}"),
+            Origin::Site { overlay, member, .. } => write!(f, "site overlay {overlay} (member {member})"),
+            Origin::Parent => f.write_str("a parent directory nodeforge creates"),
+        }
+    }
 }
 
 /// The bytes of a file entry.
@@ -167,7 +184,7 @@ impl Overlay {
         while let Some(p) = parent {
             match self.entries.get(&p) {
                 Some(Entry { kind: EntryKind::Dir, .. }) => {}
-                Some(other) => bail!("{path}: parent {p} is not a directory (from {:?})", other.origin),
+                Some(other) => bail!("{path}: parent {p} is not a directory (it comes from {})", other.origin),
                 None => {
                     self.entries.insert(p.clone(), Entry { mode: 0o755, kind: EntryKind::Dir, origin: Origin::Parent });
                 }
@@ -180,7 +197,7 @@ impl Overlay {
                 *existing = entry;
                 return Ok(());
             }
-            bail!("{path} is added twice: by {:?} and by {:?}", existing.origin, entry.origin);
+            bail!("{path} is added twice: by {} and by {}", existing.origin, entry.origin);
         }
         self.entries.insert(path, entry);
         Ok(())
@@ -200,6 +217,24 @@ impl Overlay {
 
     pub fn get(&self, path: &str) -> Option<&Entry> {
         OverlayPath::new(path).ok().and_then(|p| self.entries.get(&p))
+    }
+
+    pub fn get_path(&self, path: &OverlayPath) -> Option<&Entry> {
+        self.entries.get(path)
+    }
+
+    /// Put `entry` in place of the file or symlink at `path`, returning the one it replaces.
+    /// Only a non-directory replaces a non-directory: a directory's contents would be orphaned,
+    /// and a file where a directory was would be a different tree.
+    pub fn replace(&mut self, path: &OverlayPath, entry: Entry) -> Result<Entry> {
+        if entry.mode & !0o7777 != 0 {
+            bail!("{path}: mode {:o} has bits beyond permissions", entry.mode);
+        }
+        let Some(existing) = self.entries.get_mut(path) else { bail!("{path}: nothing to replace") };
+        if matches!(existing.kind, EntryKind::Dir) || matches!(entry.kind, EntryKind::Dir) {
+            bail!("{path}: a directory cannot replace or be replaced by a file (from {})", existing.origin);
+        }
+        Ok(std::mem::replace(existing, entry))
     }
 
     /// Entries in path order: every directory before its contents.
@@ -244,5 +279,27 @@ mod tests {
         let err = o.add_file("usr/local/bin/ctr", 0o755, Content::Inline(vec![]), rendered()).unwrap_err();
         assert!(err.to_string().contains("added twice"), "{err}");
         assert!(o.add_file("usr/local-x/y", 0o644, Content::Inline(vec![]), rendered()).is_err());
+    }
+
+    #[test]
+    fn replace_swaps_files_only() {
+        let mut o = Overlay::new();
+        o.add_file("etc/a", 0o644, Content::Inline(b"x".to_vec()), rendered()).unwrap();
+        let site = Origin::Site { overlay: "s".into(), member: "etc/a".into(), sha256: Sha256Hex([1; 32]) };
+        let file = |origin: Origin| Entry { mode: 0o600, kind: EntryKind::File(Content::Inline(vec![])), origin };
+        let path = OverlayPath::new("etc/a").unwrap();
+        let old = o.replace(&path, file(site.clone())).unwrap();
+        assert_eq!(old.origin, rendered());
+        assert_eq!((o.get("etc/a").unwrap().mode, &o.get("etc/a").unwrap().origin), (0o600, &site));
+        let etc = OverlayPath::new("etc").unwrap();
+        assert!(o.replace(&etc, file(site.clone())).is_err(), "a file replaced a directory");
+        let dir = Entry { mode: 0o755, kind: EntryKind::Dir, origin: site.clone() };
+        assert!(o.replace(&path, dir).is_err(), "a directory replaced a file");
+        assert!(o.replace(&OverlayPath::new("etc/b").unwrap(), file(site)).is_err(), "replaced nothing");
+        assert_eq!(site_text(), "site overlay overlays/x (member etc/y)");
+    }
+
+    fn site_text() -> String {
+        Origin::Site { overlay: "overlays/x".into(), member: "etc/y".into(), sha256: Sha256Hex([0; 32]) }.to_string()
     }
 }

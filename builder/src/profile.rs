@@ -66,6 +66,9 @@ pub struct Profile {
     /// crictl, optional beside the per-component release.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub crictl: Option<Component>,
+    /// Site overlays: the operator's own files laid over the generated tree, in order.
+    #[serde(default, rename = "overlay", skip_serializing_if = "Vec::is_empty")]
+    pub overlays: Vec<SiteOverlay>,
     #[serde(default)]
     pub seed: Seed,
 }
@@ -404,6 +407,22 @@ impl PreloadImage {
     }
 }
 
+/// One `[[overlay]]`: a directory or a tar archive of files the site adds to every node (an
+/// internal CA, registry hosts, sysctl tuning, a unit). Read as hostile input, like a release.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteOverlay {
+    /// A directory, `.tar`, `.tar.gz` or `.tgz`; relative to the profile file, or absolute.
+    pub path: String,
+    /// Paths (relative to `/`) where this overlay's file may replace one nodeforge generates
+    /// or an earlier overlay adds. Each must replace something.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<String>,
+    /// Paths whose setuid/setgid bits this overlay may keep; anywhere else they are refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub setuid: Vec<String>,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Seed {
@@ -696,6 +715,30 @@ sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
         assert!(Profile::parse(&text).unwrap_err().to_string().contains("use 2"), "{text}");
         let text = format!("{MINIMAL}\n[node]\ncgroup_version = 3\n");
         assert!(Profile::parse(&text).unwrap_err().to_string().contains("use 1 or 2"));
+    }
+
+    #[test]
+    fn site_overlays_are_checked_entry_by_entry() {
+        let ok = format!(
+            "{MINIMAL}[[overlay]]\npath = \"site\"\n[[overlay]]\npath = \"/srv/b.tar.gz\"\n\
+             overrides = [\"/etc/crictl.yaml\"]\nsetuid = [\"usr/local/bin/h\"]\n"
+        );
+        let p = Profile::parse(&ok).unwrap();
+        assert_eq!(p.overlays.len(), 2);
+        assert_eq!(p.overlays[1].overrides, ["/etc/crictl.yaml"]);
+        let err = |extra: &str| Profile::parse(&format!("{ok}[[overlay]]\n{extra}\n")).unwrap_err().to_string();
+        let e = err("path = \"\"");
+        assert!(e.contains("[[overlay]] #3 path"), "{e}");
+        let e = err("path = \"a\\nb\"");
+        assert!(e.contains("[[overlay]] #3 path"), "{e}");
+        let e = err("path = \"https://example.test/site.tar.gz\"");
+        assert!(e.contains("[[overlay]] #3 path") && e.contains("local"), "{e}");
+        let e = err("path = \"s\"\noverrides = [\"etc/../x\"]");
+        assert!(e.contains("[[overlay]] #3 overrides[0]"), "{e}");
+        let e = err("path = \"s\"\nsetuid = [\"a\", \"/a\"]");
+        assert!(e.contains("[[overlay]] #3 setuid[1]") && e.contains("twice"), "{e}");
+        let e = err("path = \"s\"\nmode = 1");
+        assert!(e.contains("unknown field `mode`"), "{e}");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! `nodeforge image` end to end: the stand-in release over HTTP, the debootstrap'd base from
-//! fixtures/base, and the artifacts checked by their consumers — e2fsck and debugfs for the
-//! disk, qemu-img for the qcow2, GNU cpio for the initramfs — and booted for real in QEMU
-//! (TCG), the serial console proving that `/init` switched into the node's root.
+//! fixtures/base, a site overlay with secrets made here, and the artifacts checked by their
+//! consumers — e2fsck and debugfs for the disk, qemu-img for the qcow2, GNU cpio for the
+//! initramfs — and booted for real in QEMU (TCG), the serial console proving that `/init`
+//! switched into the node's root.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
@@ -9,6 +10,7 @@ mod common;
 
 use std::fs::{self, File};
 use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -25,6 +27,38 @@ fn run(cmd: &mut Command) -> Output {
     o
 }
 
+/// The site's secrets, with the modes they must keep on the node: (path, mode, content).
+const SECRETS: &[(&str, u32, &str)] = &[
+    ("etc/nodeforge-site/registry-token", 0o600, "s3cr3t-token\n"),
+    ("etc/nodeforge-site/client.key", 0o640, "-----BEGIN PRIVATE KEY-----\nnot a key\n"),
+];
+
+/// The stand-in profile with a site overlay of [`SECRETS`] (in a 0750 directory), written
+/// under `tmp`; git keeps no 0600 files, so the overlay is made here.
+fn site_profile(tmp: &Path) -> PathBuf {
+    let site = tmp.join("image-site");
+    let _ = fs::remove_dir_all(&site);
+    fs::create_dir_all(site.join("etc/nodeforge-site")).unwrap();
+    fs::set_permissions(site.join("etc/nodeforge-site"), fs::Permissions::from_mode(0o750)).unwrap();
+    for (path, mode, content) in SECRETS {
+        fs::write(site.join(path), content).unwrap();
+        fs::set_permissions(site.join(path), fs::Permissions::from_mode(*mode)).unwrap();
+    }
+    // The image archives sit beside the original profile: name them by absolute path.
+    let st = standin();
+    let mut text = String::new();
+    for line in fs::read_to_string(&st.profile).unwrap().lines() {
+        match line.strip_prefix("source = \"") {
+            Some(rel) => text.push_str(&format!("source = \"{}/{rel}\n", st.mirror.display())),
+            None => text.push_str(&format!("{line}\n")),
+        }
+    }
+    text.push_str(&format!("\n[[overlay]]\npath = \"{}\"\n", site.display()));
+    let profile = tmp.join("image-site.toml");
+    fs::write(&profile, text).unwrap();
+    profile
+}
+
 /// One `nodeforge image` for every test in this file.
 fn image() -> &'static Path {
     static OUT: OnceLock<PathBuf> = OnceLock::new();
@@ -38,7 +72,7 @@ fn image() -> &'static Path {
         let started = Instant::now();
         let o = Command::new(env!("CARGO_BIN_EXE_nodeforge"))
             .args(["image", "--profile"])
-            .arg(&st.profile)
+            .arg(site_profile(tmp))
             .args(["--mirror", &server.base(), "--base"])
             .arg(&b.rootfs)
             .arg("--out")
@@ -117,6 +151,44 @@ fn the_disk_is_the_base_with_the_overlay_on_top() {
     let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
     assert_eq!(info["format"], "qcow2");
     assert_eq!(info["virtual-size"].as_u64(), Some(fs::metadata(&disk).unwrap().len()));
+}
+
+#[test]
+fn site_secrets_keep_their_modes_on_the_disk_and_in_the_netboot_tree() {
+    let out = image();
+    let disk = out.join("disk.raw");
+    let stat = debugfs(&disk, "stat /etc/nodeforge-site");
+    assert!(stat.contains("Type: directory") && stat.contains("Mode:  0750"), "{stat}");
+    for (path, mode, content) in SECRETS {
+        let stat = debugfs(&disk, &format!("stat /{path}"));
+        assert!(stat.contains("Type: regular") && stat.contains(&format!("Mode:  {mode:04o}")), "{path}: {stat}");
+        assert!(stat.contains("User:     0   Group:     0"), "{path}: {stat}");
+        assert_eq!(debugfs(&disk, &format!("cat /{path}")), *content);
+    }
+    // GNU cpio's long listing of the netboot tree: mode string, links, uid, gid, ..., name.
+    let cmd = format!("zcat '{}' | cpio -itv --quiet --numeric-uid-gid", out.join("rootfs.cpio.gz").display());
+    let listing = String::from_utf8_lossy(&run(Command::new("sh").arg("-c").arg(cmd)).stdout).into_owned();
+    for (path, mode) in [
+        ("etc/nodeforge-site", "drwxr-x---"),
+        ("etc/nodeforge-site/registry-token", "-rw-------"),
+        ("etc/nodeforge-site/client.key", "-rw-r-----"),
+    ] {
+        let line = listing
+            .lines()
+            .find(|l| l.split_whitespace().last() == Some(path))
+            .unwrap_or_else(|| panic!("{path} is not in rootfs.cpio.gz"));
+        let f: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!((f[0], f[2], f[3]), (mode, "0", "0"), "{line}");
+    }
+    // And the build's own archives, as GNU tar and cpio list them.
+    let tar = run(Command::new("tar").arg("-tvzf").arg(out.join("overlay.tar.gz")));
+    let tar = String::from_utf8_lossy(&tar.stdout).into_owned();
+    for (path, mode) in
+        [("etc/nodeforge-site/registry-token", "-rw-------"), ("etc/nodeforge-site/client.key", "-rw-r-----")]
+    {
+        let line = tar.lines().find(|l| l.ends_with(&format!(" {path}"))).unwrap_or_else(|| panic!("{path}: {tar}"));
+        assert!(line.starts_with(&format!("{mode} root/root ")), "{line}");
+    }
 }
 
 fn cpio_list(archive: &Path) -> Vec<String> {

@@ -6,6 +6,7 @@ use url::Url;
 
 use super::{Profile, SourceKind, redact_url_text};
 use crate::ident::{self, MAX_DESCRIPTION_CHARS};
+use crate::overlay::OverlayPath;
 
 /// The longest URL template or image source path accepted.
 const MAX_URL_CHARS: usize = 4096;
@@ -38,6 +39,29 @@ pub(super) fn validate(p: &Profile) -> Result<(), String> {
             ident::parse_one_line(&img.source, MAX_URL_CHARS).map_err(|why| field(&name, &img.source, why))?;
             if img.source.is_empty() {
                 return Err(field(&name, &img.source, "give a path relative to the profile, or an http(s) URL".into()));
+            }
+        }
+    }
+    for (i, o) in p.overlays.iter().enumerate() {
+        let entry = format!("[[overlay]] #{}", i + 1);
+        let name = format!("{entry} path");
+        ident::parse_one_line(&o.path, MAX_URL_CHARS).map_err(|why| field(&name, &o.path, why))?;
+        if o.path.is_empty() {
+            return Err(field(&name, &o.path, "give a directory or a .tar/.tar.gz, relative to the profile".into()));
+        }
+        if is_url(&o.path) {
+            let why = "site overlays are read from local paths; fetch the archive first".into();
+            return Err(field(&name, &redact_url_text(&o.path), why));
+        }
+        for (key, list) in [("overrides", &o.overrides), ("setuid", &o.setuid)] {
+            let mut seen = std::collections::BTreeSet::new();
+            for (j, path) in list.iter().enumerate() {
+                let name = format!("{entry} {key}[{j}]");
+                ident::parse_one_line(path, MAX_URL_CHARS).map_err(|why| field(&name, path, why))?;
+                let normal = OverlayPath::new(path).map_err(|e| field(&name, path, format!("{e:#}")))?;
+                if !seen.insert(normal) {
+                    return Err(field(&name, path, format!("the path is listed twice in this entry's {key}")));
+                }
             }
         }
     }

@@ -4,7 +4,8 @@
 //! is the file the profile pinned, not that the file is well formed. Every entry is checked
 //! (path, type, size, links) before anything is kept, and the whole archive is refused on the
 //! first bad entry — even entries nodeforge would have skipped — so a build never ships a
-//! tree assembled from a half-trusted archive.
+//! tree assembled from a half-trusted archive. Site overlays ([`crate::site`]) are admitted by
+//! the same walk and [`EntryGuard`].
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -21,7 +22,7 @@ use crate::profile::{Arch, Extra};
 use crate::version::Version;
 
 mod components;
-mod walk;
+pub(crate) mod walk;
 
 pub use self::components::{ComponentRequest, check_binary, select_cni_plugins, select_containerd, select_crictl};
 use self::walk::walk;
@@ -55,7 +56,7 @@ pub enum UnsafeArchive {
     AbsolutePath { archive: String, entry: String },
     #[error("{archive}: entry `{entry}` has a `..` or empty component")]
     DotDot { archive: String, entry: String },
-    #[error("{archive}: entry `{entry}` is a {kind}; release archives may hold only files, directories and links")]
+    #[error("{archive}: entry `{entry}` is a {kind}; nodeforge admits only files, directories and links")]
     SpecialFile { archive: String, entry: String, kind: &'static str },
     #[error("{archive}: symlink `{entry}` points outside the archive (to `{target}`)")]
     SymlinkEscapes { archive: String, entry: String, target: String },
@@ -375,22 +376,22 @@ impl<'a> EntryGuard<'a> {
         Ok((!parts.is_empty()).then(|| parts.join("/")))
     }
 
-    /// Check one entry; returns its normalised path (None for the root entry).
+    /// Check one tar entry; returns its normalised path (None for the root entry).
     pub(crate) fn admit<R: Read>(&mut self, entry: &tar::Entry<'_, R>) -> Result<Option<String>> {
+        let kind = MemberKind::of_tar(entry.header().entry_type());
+        let link = entry.link_name_bytes().map(|b| b.into_owned()).unwrap_or_default();
+        self.admit_member(&entry.path_bytes(), kind, &link)
+    }
+
+    /// Check one member, from a tar archive or a directory tree: its raw path, what it is, and
+    /// (for links) the raw target. Returns its normalised path (None for the root itself).
+    pub(crate) fn admit_member(&mut self, raw: &[u8], kind: MemberKind, link: &[u8]) -> Result<Option<String>> {
         self.count += 1;
         if self.count > self.max_entries {
             return Err(UnsafeArchive::TooManyEntries { archive: self.archive.into(), limit: self.max_entries }.into());
         }
-        let Some(path) = self.normalise(&entry.path_bytes())? else { return Ok(None) };
-        let kind = entry.header().entry_type();
-        let special = match kind {
-            tar::EntryType::Char => Some("character device"),
-            tar::EntryType::Block => Some("block device"),
-            tar::EntryType::Fifo => Some("FIFO"),
-            k if !(k.is_file() || k.is_dir() || k.is_symlink() || k.is_hard_link()) => Some("special entry"),
-            _ => None,
-        };
-        if let Some(kind) = special {
+        let Some(path) = self.normalise(raw)? else { return Ok(None) };
+        if let MemberKind::Special(kind) = kind {
             return Err(UnsafeArchive::SpecialFile { archive: self.archive.into(), entry: path, kind }.into());
         }
         // Refuse writing through a symlink the archive itself planted.
@@ -409,16 +410,23 @@ impl<'a> EntryGuard<'a> {
         if !self.seen.insert(path.clone()) {
             return Err(UnsafeArchive::Duplicate { archive: self.archive.into(), entry: path }.into());
         }
-        if kind.is_symlink() {
-            let target = entry.link_name_bytes().map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
-            if escapes(&path, &target) {
-                return Err(UnsafeArchive::SymlinkEscapes { archive: self.archive.into(), entry: path, target }.into());
+        match kind {
+            MemberKind::Symlink => {
+                let target = String::from_utf8_lossy(link).into_owned();
+                if escapes(&path, &target) {
+                    return Err(
+                        UnsafeArchive::SymlinkEscapes { archive: self.archive.into(), entry: path, target }.into()
+                    );
+                }
+                self.symlinks.insert(path.clone());
             }
-            self.symlinks.insert(path.clone());
-        } else if kind.is_hard_link() {
-            self.link_target(entry)?;
-        } else if kind.is_file() {
-            self.files.insert(path.clone());
+            MemberKind::HardLink => {
+                self.hard_link_target(raw, link)?;
+            }
+            MemberKind::File => {
+                self.files.insert(path.clone());
+            }
+            MemberKind::Dir | MemberKind::Special(_) => {}
         }
         Ok(Some(path))
     }
@@ -426,18 +434,47 @@ impl<'a> EntryGuard<'a> {
     /// A hard link's target, which must be a regular file seen earlier in this archive.
     pub(crate) fn link_target<R: Read>(&self, entry: &tar::Entry<'_, R>) -> Result<String> {
         let raw = entry.link_name_bytes().map(|b| b.into_owned()).unwrap_or_default();
-        let shown = String::from_utf8_lossy(&raw).into_owned();
-        let entry_path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        self.hard_link_target(&entry.path_bytes(), &raw)
+    }
+
+    fn hard_link_target(&self, entry: &[u8], raw: &[u8]) -> Result<String> {
         let outside = || UnsafeArchive::HardLinkOutside {
             archive: self.archive.into(),
-            entry: entry_path.clone(),
-            target: shown.clone(),
+            entry: String::from_utf8_lossy(entry).into_owned(),
+            target: String::from_utf8_lossy(raw).into_owned(),
         };
-        let target = self.normalise(&raw).map_err(|_| outside())?.ok_or_else(outside)?;
+        let target = self.normalise(raw).map_err(|_| outside())?.ok_or_else(outside)?;
         if !self.files.contains(&target) {
             return Err(outside().into());
         }
         Ok(target)
+    }
+}
+
+/// What one member is, as the [`EntryGuard`] judges it: the tar entry types, or the file
+/// types of a directory tree, in one vocabulary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MemberKind {
+    File,
+    Dir,
+    Symlink,
+    HardLink,
+    /// A device node, FIFO, socket or any other entry type: always refused, named.
+    Special(&'static str),
+}
+
+impl MemberKind {
+    fn of_tar(kind: tar::EntryType) -> Self {
+        match kind {
+            tar::EntryType::Char => MemberKind::Special("character device"),
+            tar::EntryType::Block => MemberKind::Special("block device"),
+            tar::EntryType::Fifo => MemberKind::Special("FIFO"),
+            k if k.is_file() => MemberKind::File,
+            k if k.is_dir() => MemberKind::Dir,
+            k if k.is_symlink() => MemberKind::Symlink,
+            k if k.is_hard_link() => MemberKind::HardLink,
+            _ => MemberKind::Special("special entry"),
+        }
     }
 }
 

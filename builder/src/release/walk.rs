@@ -1,6 +1,7 @@
-//! The one loop every release archive is read with: stream it once, admit each entry through
-//! the [`EntryGuard`], stage the files the caller keeps, and resolve a hard link to the file
-//! staged for its target. What to keep, and where it goes, is the caller's.
+//! The one loop every release archive (and every tar a site overlay names) is read with: stream
+//! it once, admit each entry through the [`EntryGuard`], stage the files the caller keeps, and
+//! resolve a hard link to the file staged for its target. What to keep, and where it goes, is
+//! the caller's.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -50,7 +51,7 @@ impl Walker<'_> {
 
     /// The staged file a hard-link entry points to; a link to anything not staged before it
     /// is refused.
-    pub(crate) fn link(&self, member: &str, entry: &tar::Entry<'_, Unpacked>) -> Result<Staged> {
+    pub(crate) fn link<R: Read>(&self, member: &str, entry: &tar::Entry<'_, R>) -> Result<Staged> {
         let target = self.guard.link_target(entry)?;
         match self.staged.get(&target) {
             Some(s) => Ok(s.clone()),
@@ -67,9 +68,21 @@ pub(crate) fn walk(
     staging: &Path,
     limits: Limits,
     interrupt: &Interrupt,
-    mut visit: impl FnMut(&mut Walker<'_>, String, &mut tar::Entry<'_, Unpacked>) -> Result<()>,
+    visit: impl FnMut(&mut Walker<'_>, String, &mut tar::Entry<'_, Unpacked>) -> Result<()>,
 ) -> Result<()> {
-    let mut tar = open_tar_gz(archive, name, limits)?;
+    walk_tar(open_tar_gz(archive, name, limits)?, name, staging, limits, interrupt, visit)
+}
+
+/// [`walk`] over a tar stream opened by the caller (already capped at
+/// `limits.max_unpacked_bytes`), compressed or not.
+pub(crate) fn walk_tar<R: Read>(
+    mut tar: tar::Archive<R>,
+    name: &str,
+    staging: &Path,
+    limits: Limits,
+    interrupt: &Interrupt,
+    mut visit: impl FnMut(&mut Walker<'_>, String, &mut tar::Entry<'_, R>) -> Result<()>,
+) -> Result<()> {
     let mut walker =
         Walker { name, staging, interrupt, guard: EntryGuard::new(name, limits.max_entries), staged: BTreeMap::new() };
     for entry in tar.entries().with_context(|| format!("reading {name}"))? {
