@@ -378,15 +378,9 @@ fn v3_configs_match_the_documented_layout() {
 /// one test-vm injects into nodes without a kubelet of their own.
 const KUBELET_SERVICE: &str = include_str!("../../overlays/test-vm/kubelet.service");
 
-/// A stand-in for kubeadm's 10-kubeadm.conf as the deb installs it (runtime-facts §4.2).
-const KUBEADM_DROPIN: &str = "[Service]
-Environment=\"KUBELET_KUBECONFIG_ARGS=--bootstrap-kubeconfig=/etc/kubernetes/bootstrap-kubelet.conf --kubeconfig=/etc/kubernetes/kubelet.conf\"
-Environment=\"KUBELET_CONFIG_ARGS=--config=/var/lib/kubelet/config.yaml\"
-EnvironmentFile=-/var/lib/kubelet/kubeadm-flags.env
-EnvironmentFile=-/etc/default/kubelet
-ExecStart=
-ExecStart=/usr/bin/kubelet $KUBELET_KUBECONFIG_ARGS $KUBELET_CONFIG_ARGS $KUBELET_KUBEADM_ARGS $KUBELET_EXTRA_ARGS
-";
+/// kubeadm's 10-kubeadm.conf as the deb installs it (runtime-facts §4.2): the file nodeforge
+/// ships for `[kubernetes.binaries]` nodes, the same directives.
+const KUBEADM_DROPIN: &str = include_str!("../../overlays/etc/systemd/system/kubelet.service.d/10-kubeadm.conf");
 
 /// `systemd-analyze verify --root` on the rendered units. The root holds the host's own
 /// units (for sysinit.target and friends), executable stubs for every binary our units
