@@ -83,7 +83,7 @@ pub enum Origin {
     Image { reference: String, sha256: Sha256Hex },
     /// A file, link or directory from a site overlay (`[[overlay]]`): `overlay` is its path as
     /// the profile writes it, `member` the path inside it, `sha256` the digest of the tar
-    /// archive, or of a directory's listing (see [`crate::site`]).
+    /// archive, or of a directory's listing (the `site` module says how).
     Site { overlay: String, member: String, sha256: Sha256Hex },
     /// A directory created because something was placed inside it.
     Parent,

@@ -4,7 +4,7 @@
 //! is the file the profile pinned, not that the file is well formed. Every entry is checked
 //! (path, type, size, links) before anything is kept, and the whole archive is refused on the
 //! first bad entry — even entries nodeforge would have skipped — so a build never ships a
-//! tree assembled from a half-trusted archive. Site overlays ([`crate::site`]) are admitted by
+//! tree assembled from a half-trusted archive. Site overlays (the `site` module) are admitted by
 //! the same walk and [`EntryGuard`].
 
 use std::collections::BTreeSet;
