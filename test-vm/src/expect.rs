@@ -12,12 +12,13 @@ use nodeforge_wire::{CgroupDriver, CriApi, DEFAULT_TEST_IMAGE, Expect, StageTime
 
 /// The agent's per-stage limits in seconds, sized for TCG on two cores (vm-facts: cloud-init
 /// finishes ~40 s after boot, a first pod takes 3–7 s, containerd starts in under a second).
-/// `boot` is the generous one: systemd is running only once cloud-final is done, and a seed
-/// that joins a cluster runs `kubeadm join` there (113–120 s of boot measured under TCG on a
-/// quiet machine, more with another guest beside it); its host-side deadline also counts the
-/// guest's time before the agent starts.
+/// The generous ones are where the boot is waited for: `boot` (its host-side deadline also
+/// counts the guest's time before the agent starts: 113–120 s measured under TCG on a quiet
+/// machine when it also waited for cloud-final, more with another guest beside it), and
+/// `cloud-init`, which in the runtime-first order waits for cloud-final and with it the
+/// seed's `kubeadm join`.
 pub fn default_stage_timeouts() -> StageTimeouts {
-    StageTimeouts { boot: 360, cloud_init: 180, containerd: 90, cri: 60, pod: 120, kubelet_config: 30 }
+    StageTimeouts { boot: 360, cloud_init: 300, containerd: 90, cri: 60, pod: 120, kubelet_config: 30 }
 }
 
 /// Read the profile back out of a build's manifest (`profile.profile` holds it with its
@@ -54,6 +55,7 @@ pub fn expectations(profile: &Profile) -> Expect {
         test_image: DEFAULT_TEST_IMAGE.to_owned(),
         join_log: Some(nodeforge::seed::join::JOIN_LOG_PATH.into()),
         join_stage_follows: false,
+        runtime_first: false,
     }
 }
 

@@ -99,8 +99,12 @@ pub fn boot(cfg: &BootConfig, interrupt: &Interrupt) -> Result<Outcome> {
     }
     let join = join_spec(cfg, &expect.containerd_version, &profile)?;
     expect.join_stage_follows = join.is_some();
+    // The runtime is checked as soon as containerd is up, unless the seed brings it (a
+    // first-boot seed unpacks the overlay in cloud-init's final stage). A seed that cannot be
+    // read here keeps the order that cannot wait on itself.
+    expect.runtime_first = matches!(seed::carries_overlay(&cfg.seed), Ok(false));
     let mut stage_list = vec![(KERNEL_STAGE.to_owned(), Duration::from_secs(kernel_timeout))];
-    for s in Stage::CHECKS {
+    for s in Stage::order(expect.runtime_first) {
         let agent_limit = expect.stage_timeouts_s.seconds(s);
         stage_list.push((s.name().to_owned(), Duration::from_secs(agent_limit + AGENT_GRACE_S)));
     }

@@ -1,4 +1,5 @@
-//! Reading a NoCloud seed image back: the `join` stage waits for the Node the seed names.
+//! Reading a NoCloud seed image back: the `join` stage waits for the Node the seed names, and
+//! a seed that carries the overlay says the runtime comes with cloud-init, not the image.
 //!
 //! nodeforge writes the seed as a FAT image labelled `cidata` (its `seed` module has a writer
 //! but no reader), so this reads FAT with fatfs. An ISO9660 seed is recognised and refused
@@ -30,15 +31,32 @@ pub fn node_name(seed: &Path) -> Result<String> {
     }
 }
 
-/// The `meta-data` file of a FAT seed image.
-pub fn meta_data(seed: &Path) -> Result<String> {
+/// Whether the seed carries the node overlay (`nodeforge seed --first-boot`): the node's
+/// runtime then arrives with cloud-init's final stage, not with the image.
+pub fn carries_overlay(seed: &Path) -> Result<bool> {
+    let fs = open_fat(seed)?;
+    for entry in fs.root_dir().iter() {
+        let entry = entry.with_context(|| format!("listing the seed image {}", seed.display()))?;
+        if entry.file_name().eq_ignore_ascii_case(nodeforge::archive::TAR_GZ_NAME) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+fn open_fat(seed: &Path) -> Result<fatfs::FileSystem<File>> {
     let mut f = File::open(seed).with_context(|| format!("opening the seed image {}", seed.display()))?;
     if is_iso9660(&mut f)? {
         bail!("{} is an ISO9660 seed: test-vm reads only FAT seeds so far; pass --node-name NAME", seed.display());
     }
     f.seek(SeekFrom::Start(0)).with_context(|| format!("reading {}", seed.display()))?;
-    let fs = fatfs::FileSystem::new(f, fatfs::FsOptions::new())
-        .with_context(|| format!("{} is not a FAT seed image (nor ISO9660); pass --node-name NAME", seed.display()))?;
+    fatfs::FileSystem::new(f, fatfs::FsOptions::new())
+        .with_context(|| format!("{} is not a FAT seed image (nor ISO9660); pass --node-name NAME", seed.display()))
+}
+
+/// The `meta-data` file of a FAT seed image.
+pub fn meta_data(seed: &Path) -> Result<String> {
+    let fs = open_fat(seed)?;
     let mut text = String::new();
     // Case-insensitive lookup: a seed made with mkfs.vfat + mcopy may carry 8.3 upper case.
     fs.root_dir()
@@ -88,6 +106,14 @@ mod tests {
         let f =
             fat_image(&[("meta-data", "instance-id: nodeforge-0123\nlocal-hostname: worker-7\n"), ("user-data", "")]);
         assert_eq!(node_name(f.path()).unwrap(), "worker-7");
+    }
+
+    #[test]
+    fn a_first_boot_seed_carries_the_overlay() {
+        let baked = fat_image(&[("meta-data", "local-hostname: a\n"), ("user-data", "")]);
+        assert!(!carries_overlay(baked.path()).unwrap());
+        let first_boot = fat_image(&[("meta-data", "local-hostname: a\n"), ("overlay.tar.gz", "x")]);
+        assert!(carries_overlay(first_boot.path()).unwrap());
     }
 
     #[test]

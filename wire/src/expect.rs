@@ -56,6 +56,11 @@ pub struct Expect {
     /// The harness checks the join itself after the agent's stages (`--kubeconfig`).
     #[serde(default)]
     pub join_stage_follows: bool,
+    /// The node's image carries containerd (the seed does not unpack the overlay): run the
+    /// stages in [`Stage::RUNTIME_FIRST`] order, and hold cloud-init's final stage (the
+    /// seed's join) until the pod stage is over (see the agent's `notify`).
+    #[serde(default)]
+    pub runtime_first: bool,
 }
 
 /// The probe container's image when the expectations name none.

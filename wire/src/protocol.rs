@@ -7,8 +7,9 @@
 //! {"stage":"done","event":"pass","elapsed_ms":56789,"message":"all 6 stages passed","detail":{"passed":[...]}}
 //! ```
 //!
-//! * Stages run in the order of [`Stage::CHECKS`]; the agent stops at the first failure, so a
-//!   `fail` event is always followed directly by the `done` event.
+//! * Stages run in the order of [`Stage::order`]: [`Stage::CHECKS`], or
+//!   [`Stage::RUNTIME_FIRST`] when the expectations say `runtime_first`. The agent stops at
+//!   the first failure, so a `fail` event is always followed directly by the `done` event.
 //! * `elapsed_ms` counts from the stage's own start (0 on `start`); on `done` it counts from
 //!   the agent's start.
 //! * `message` is one human-readable line; `detail` is a JSON object whose keys depend on the
@@ -37,9 +38,22 @@ pub enum Stage {
 }
 
 impl Stage {
-    /// The check stages, in the order the agent runs them.
+    /// The check stages, in the order the agent runs them on a node whose runtime arrives
+    /// with cloud-init (a first-boot seed unpacks the overlay in cloud-init's final stage).
     pub const CHECKS: [Stage; 6] =
         [Stage::Boot, Stage::CloudInit, Stage::Containerd, Stage::Cri, Stage::Pod, Stage::KubeletConfig];
+
+    /// The order on a node whose image carries the runtime: containerd, CRI and the pod are
+    /// checked as soon as systemd starts containerd, and cloud-init (whose final stage runs
+    /// the seed's `kubeadm join`) after them. `boot` then means systemd reached basic.target;
+    /// the wait for the whole boot to finish is part of `cloud-init`.
+    pub const RUNTIME_FIRST: [Stage; 6] =
+        [Stage::Boot, Stage::Containerd, Stage::Cri, Stage::Pod, Stage::CloudInit, Stage::KubeletConfig];
+
+    /// The check stages in the order the agent runs them.
+    pub const fn order(runtime_first: bool) -> [Stage; 6] {
+        if runtime_first { Stage::RUNTIME_FIRST } else { Stage::CHECKS }
+    }
 
     pub const fn name(self) -> &'static str {
         match self {
@@ -119,6 +133,18 @@ mod tests {
         for s in Stage::CHECKS {
             assert_eq!(serde_json::to_value(s).unwrap(), json!(s.name()));
         }
+    }
+
+    #[test]
+    fn both_orders_run_every_check_once() {
+        assert_eq!(Stage::order(false), Stage::CHECKS);
+        let mut a = Stage::order(true).map(Stage::name);
+        let mut b = Stage::CHECKS.map(Stage::name);
+        assert_ne!(a, b);
+        a.sort_unstable();
+        b.sort_unstable();
+        assert_eq!(a, b);
+        assert_eq!(Stage::RUNTIME_FIRST[0], Stage::Boot, "boot stays first: its time is the guest's start-up");
     }
 
     #[test]

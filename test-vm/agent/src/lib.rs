@@ -10,6 +10,7 @@ pub mod cri;
 pub mod exec;
 pub mod expect;
 pub mod kubelet;
+pub mod notify;
 pub mod protocol;
 pub mod report;
 pub mod stages;

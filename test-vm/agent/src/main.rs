@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use nodeforge_agent::exec::SystemRunner;
+use nodeforge_agent::notify::Readiness;
 use nodeforge_agent::report::{Reporter, default_sink};
 use nodeforge_agent::{expect, stages};
 
@@ -32,6 +33,7 @@ fn main() -> ExitCode {
         }
     };
     let pod = stages::pod::PodOptions::default();
-    let passed = rt.block_on(stages::run_all(&expect, &SystemRunner, &mut reporter, &pod));
+    let mut readiness = Readiness::from_env();
+    let passed = rt.block_on(stages::run_all(&expect, &SystemRunner, &mut reporter, &pod, &mut readiness));
     if passed { ExitCode::SUCCESS } else { ExitCode::from(1) }
 }

@@ -52,6 +52,45 @@ pub fn parse_show(text: &str) -> BTreeMap<String, String> {
     text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
 }
 
+/// When each of `units` started and became active, in seconds of the guest's monotonic clock
+/// (time since the kernel started), from one `systemctl show`: where a boot's time went.
+/// Units that never started are left out, as is a unit systemd does not know.
+pub fn timeline(runner: &dyn Runner, units: &[&str]) -> Result<BTreeMap<String, Timing>> {
+    let mut args = vec!["show", "--no-pager", "-p", "Id", "-p", "InactiveExitTimestampMonotonic"];
+    args.extend(["-p", "ActiveEnterTimestampMonotonic"]);
+    args.extend(units);
+    let out = systemctl(runner, &args)?;
+    if out.code != Some(0) {
+        bail!("systemctl show {} failed ({:?}): {}", units.join(" "), out.code, out.stderr.trim());
+    }
+    Ok(parse_timeline(&out.stdout))
+}
+
+/// A unit's start (left inactive) and its arrival (entered active), in seconds since boot.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Timing {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub active_s: Option<f64>,
+}
+
+pub fn parse_timeline(text: &str) -> BTreeMap<String, Timing> {
+    let secs =
+        |v: Option<&String>| v.and_then(|v| v.parse::<u64>().ok()).filter(|us| *us > 0).map(|us| us as f64 / 1e6);
+    text.split("\n\n")
+        .map(parse_show)
+        .filter_map(|p| {
+            let t = Timing {
+                started_s: secs(p.get("InactiveExitTimestampMonotonic")),
+                active_s: secs(p.get("ActiveEnterTimestampMonotonic")),
+            };
+            let id = p.get("Id")?.clone();
+            (t.started_s.is_some() || t.active_s.is_some()).then_some((id, t))
+        })
+        .collect()
+}
+
 /// `systemctl is-active UNIT`: `active`, `activating`, `failed`, `inactive`, ...
 pub fn is_active(runner: &dyn Runner, unit: &str) -> Result<String> {
     Ok(systemctl(runner, &["is-active", unit])?.answer().to_owned())
@@ -134,6 +173,23 @@ mod tests {
         );
         assert_eq!(split_words("  "), Vec::<String>::new());
         assert_eq!(split_words(r#""""#), [""]);
+    }
+
+    #[test]
+    fn timeline_from_show_blocks() {
+        // As systemctl prints it: properties in its own order, a blank line between units.
+        let text = "InactiveExitTimestampMonotonic=15501234\nActiveEnterTimestampMonotonic=29800000\nId=cloud-init-local.service\n\n\
+                    InactiveExitTimestampMonotonic=0\nActiveEnterTimestampMonotonic=0\nId=cloud-final.service\n\n\
+                    InactiveExitTimestampMonotonic=0\nActiveEnterTimestampMonotonic=55250000\nId=basic.target\n";
+        let t = parse_timeline(text);
+        assert_eq!(t.len(), 2, "{t:?}");
+        assert_eq!(t["cloud-init-local.service"], Timing { started_s: Some(15.501234), active_s: Some(29.8) });
+        assert_eq!(t["basic.target"], Timing { started_s: None, active_s: Some(55.25) });
+        assert_eq!(
+            serde_json::to_value(t["basic.target"]).unwrap(),
+            serde_json::json!({"active_s": 55.25}),
+            "never-set times are left out"
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 use std::fs;
 use std::io;
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
@@ -17,6 +18,7 @@ use std::time::{Duration, Instant};
 use nodeforge_agent::cri::{Cri, connect};
 use nodeforge_agent::exec::{CmdOutput, Runner, SystemRunner};
 use nodeforge_agent::kubelet::KubeletView;
+use nodeforge_agent::notify::Readiness;
 use nodeforge_agent::report::{Memory, Reporter};
 use nodeforge_agent::stages::pod::PodOptions;
 use nodeforge_agent::stages::{self, Deadline, containerd, cri, kubelet_config, pod};
@@ -202,23 +204,45 @@ fn containerd_version() -> String {
 struct BootedNode {
     dropin: PathBuf,
     config_dir: PathBuf,
+    /// systemd's notify socket, as the agent's unit sees it: the boot (`is-system-running`)
+    /// cannot finish before the agent said READY on it.
+    notify: Option<UnixDatagram>,
+    ready_seen: Mutex<bool>,
+}
+
+impl BootedNode {
+    fn is_system_running(&self) -> CmdOutput {
+        let Some(sock) = &self.notify else { return CmdOutput::ok("running\n") };
+        let mut seen = self.ready_seen.lock().unwrap();
+        let mut buf = [0u8; 64];
+        if let Ok(n) = sock.recv(&mut buf) {
+            assert_eq!(&buf[..n], b"READY=1\n");
+            *seen = true;
+        }
+        // Like systemd: multi-user.target waits for the agent's unit to be ready.
+        assert!(*seen, "the agent waited for the whole boot before saying READY: that wait never ends");
+        CmdOutput::ok("running\n")
+    }
 }
 
 impl Runner for BootedNode {
     fn run(&self, program: &str, args: &[&str], timeout: Duration) -> io::Result<CmdOutput> {
         let line = format!("{program} {}", args.join(" "));
         let answer = match line.as_str() {
-            "systemctl is-system-running" => CmdOutput::ok("running\n"),
+            "systemctl is-system-running" => self.is_system_running(),
             "systemctl --failed --plain --no-legend --no-pager" => CmdOutput::ok(""),
-            "systemctl is-active default.target" | "systemctl is-active containerd.service" => {
-                CmdOutput::ok("active\n")
-            }
+            "systemctl is-active default.target"
+            | "systemctl is-active containerd.service"
+            | "systemctl is-active basic.target" => CmdOutput::ok("active\n"),
             // No kubelet runs on this node: the pod stage has none to pause.
             "systemctl is-active kubelet.service" => CmdOutput::ok("inactive\n"),
             "cloud-init status --wait --long" => CmdOutput::ok("status: done\n"),
             l if l.starts_with("systemctl show nodeforge-preload-images.service") => {
                 CmdOutput::ok("LoadState=not-found\nActiveState=inactive\nResult=success\n")
             }
+            l if l.starts_with("systemctl show --no-pager -p Id") => CmdOutput::ok(
+                "Id=containerd.service\nInactiveExitTimestampMonotonic=5000000\nActiveEnterTimestampMonotonic=6500000\n",
+            ),
             l if l.starts_with("systemctl show kubelet.service") => CmdOutput::ok(&format!(
                 "LoadState=loaded\nDropInPaths={}\nEnvironment=\"KUBELET_CONFIG_ARGS=--config=/var/lib/kubelet/config.yaml --config-dir={}\"\nEnvironmentFiles=\n",
                 self.dropin.display(),
@@ -344,20 +368,45 @@ fn stages_against_a_real_containerd() {
         ),
     )
     .unwrap();
-    let node = BootedNode { dropin: d.join("20-nodeforge-containerd.conf"), config_dir };
-    let mut e = v1.clone();
-    e.cri_endpoint_default = "unix:///nonexistent.sock".into(); // must not be used: a drop-in exists
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let mut reporter = Reporter::new(Box::new(Memory(lines.clone())));
-    let t = Instant::now();
-    let passed = rt.block_on(stages::run_all(&e, &node, &mut reporter, &pod_opts));
-    let events: Vec<Event> = lines.lock().unwrap().iter().map(|l| Event::parse_line(l).unwrap().unwrap()).collect();
-    assert!(passed, "{events:#?}");
-    let ends: Vec<(Stage, EventKind)> =
-        events.iter().filter(|e| e.event != EventKind::Start).map(|e| (e.stage, e.event)).collect();
-    let mut want: Vec<(Stage, EventKind)> = Stage::CHECKS.iter().map(|s| (*s, EventKind::Pass)).collect();
-    want.push((Stage::Done, EventKind::Pass));
-    assert_eq!(ends, want);
-    eprintln!("run_all: {:?}", t.elapsed());
+    // Both orders; the runtime-first one with a notify socket that the boot waits on.
+    for runtime_first in [false, true] {
+        let notify_path = d.join(format!("notify-{runtime_first}"));
+        let notify = runtime_first.then(|| {
+            let sock = UnixDatagram::bind(&notify_path).unwrap();
+            sock.set_nonblocking(true).unwrap();
+            sock
+        });
+        let node = BootedNode {
+            dropin: d.join("20-nodeforge-containerd.conf"),
+            config_dir: config_dir.clone(),
+            notify,
+            ready_seen: Mutex::new(false),
+        };
+        let mut readiness = if runtime_first {
+            Readiness::to_socket(notify_path.to_string_lossy().into_owned())
+        } else {
+            Readiness::none()
+        };
+        let mut e = v1.clone();
+        e.cri_endpoint_default = "unix:///nonexistent.sock".into(); // must not be used: a drop-in exists
+        e.runtime_first = runtime_first;
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let mut reporter = Reporter::new(Box::new(Memory(lines.clone())));
+        let t = Instant::now();
+        let passed = rt.block_on(stages::run_all(&e, &node, &mut reporter, &pod_opts, &mut readiness));
+        let events: Vec<Event> = lines.lock().unwrap().iter().map(|l| Event::parse_line(l).unwrap().unwrap()).collect();
+        assert!(passed, "{events:#?}");
+        let ends: Vec<(Stage, EventKind)> =
+            events.iter().filter(|e| e.event != EventKind::Start).map(|e| (e.stage, e.event)).collect();
+        let mut want: Vec<(Stage, EventKind)> =
+            Stage::order(runtime_first).iter().map(|s| (*s, EventKind::Pass)).collect();
+        want.push((Stage::Done, EventKind::Pass));
+        assert_eq!(ends, want);
+        assert_eq!(*node.ready_seen.lock().unwrap(), runtime_first);
+        assert!(readiness.sent());
+        let cloud_init = events.iter().find(|e| e.stage == Stage::CloudInit && e.event == EventKind::Pass).unwrap();
+        assert_eq!(cloud_init.detail["timeline"]["containerd.service"]["active_s"], 6.5, "{cloud_init:?}");
+        eprintln!("run_all (runtime first: {runtime_first}): {:?}", t.elapsed());
+    }
     eprintln!("total {:?}", t0.elapsed());
 }

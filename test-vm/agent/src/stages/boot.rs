@@ -5,7 +5,12 @@
 //! Failed units do not fail this stage; they are reported in `detail.failed_units`, and
 //! a later stage that needs one of them fails.
 //!
-//! Detail: `state`, `default_target`, `failed_units`, `polls`.
+//! In the runtime-first order ([`run_basic`]) the stage only waits for basic.target, the
+//! point where systemd starts containerd; the wait for the whole boot ([`run`]) is then the
+//! first half of the `cloud-init` stage.
+//!
+//! Detail: `state`, `default_target`, `failed_units`, `polls` (`basic_target` instead of
+//! `default_target` in the runtime-first order).
 
 use serde_json::json;
 
@@ -63,6 +68,35 @@ pub fn run(runner: &dyn Runner, deadline: Deadline) -> (Outcome, Vec<String>) {
     (Outcome::pass(msg, detail), failed)
 }
 
+/// The runtime-first `boot`: basic.target is active (the agent itself starts after it, so
+/// this is normally true on the first poll), and which units failed on the way there.
+pub fn run_basic(runner: &dyn Runner, deadline: Deadline) -> (Outcome, Vec<String>) {
+    let mut polls = 0u32;
+    let state = loop {
+        polls += 1;
+        let state = match systemd::is_active(runner, "basic.target") {
+            Ok(s) => s,
+            Err(e) => return (Outcome::fail(format!("{e:#}"), json!({"polls": polls})), vec![]),
+        };
+        if state == "active" || deadline.passed() {
+            break state;
+        }
+        std::thread::sleep(POLL.min(deadline.remaining()));
+    };
+    let failed = systemd::failed_units(runner).unwrap_or_default();
+    let detail = json!({"basic_target": state, "failed_units": failed, "polls": polls});
+    if state != "active" {
+        let msg = format!("basic.target still `{state}` after {:?}", deadline.budget());
+        return (Outcome::fail(msg, detail), failed);
+    }
+    let msg = if failed.is_empty() {
+        "basic.target active: systemd is starting containerd".to_owned()
+    } else {
+        format!("basic.target active; failed units: {}", failed.join(", "))
+    };
+    (Outcome::pass(msg, detail), failed)
+}
+
 /// The failed units among `needed`, for stages that depend on them.
 pub fn needed_failed<'a>(failed: &'a [String], needed: &[&str]) -> Vec<&'a str> {
     failed.iter().map(String::as_str).filter(|u| needed.contains(u)).collect()
@@ -106,6 +140,23 @@ mod tests {
             .on(FAILED, CmdOutput::ok(""));
         let (o, _) = run(&r, Deadline::after(Duration::from_millis(0)));
         assert!(!o.ok && o.message.contains("still `starting`"), "{o:?}");
+    }
+
+    #[test]
+    fn basic_target_waits_and_reports_failed_units() {
+        let r = FakeRunner::new()
+            .on("systemctl is-active basic.target", CmdOutput::exit(3, "activating\n"))
+            .on("systemctl is-active basic.target", CmdOutput::ok("active\n"))
+            .on(FAILED, CmdOutput::ok("e2scrub_reap.service loaded failed failed x\n"));
+        let (o, failed) = run_basic(&r, Deadline::after(Duration::from_secs(10)));
+        assert!(o.ok && o.message.contains("e2scrub_reap"), "{o:?}");
+        assert_eq!((failed.len(), o.detail["polls"].as_u64()), (1, Some(2)));
+
+        let r = FakeRunner::new()
+            .on("systemctl is-active basic.target", CmdOutput::exit(3, "activating\n"))
+            .on(FAILED, CmdOutput::ok(""));
+        let (o, _) = run_basic(&r, Deadline::after(Duration::from_millis(0)));
+        assert!(!o.ok && o.message.contains("still `activating`"), "{o:?}");
     }
 
     #[test]

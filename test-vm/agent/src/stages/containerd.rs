@@ -4,7 +4,7 @@
 //! * `systemctl is-active containerd.service` must reach `active` (`failed` fails at once).
 //! * `nodeforge-preload-images.service`, if installed: `Result=success` and either active
 //!   (it is `RemainAfterExit=yes`) or skipped by its condition (its stamp says an earlier
-//!   boot imported these archives). Still activating: wait.
+//!   boot imported these archives). Still activating, or not started yet: wait.
 //! * CRI `ListImages`: every `Expect.images` entry and the sandbox image, compared as
 //!   normalised references (`busybox` = `docker.io/library/busybox:latest`).
 //! * The sandbox image is pinned: CRI v1 `Image.pinned` where the runtime fills it;
@@ -45,6 +45,7 @@ pub async fn run(
     }
 
     let mut state;
+    let mut load_checked = false;
     loop {
         state = match systemd::is_active(runner, CONTAINERD_UNIT) {
             Ok(s) => s,
@@ -52,6 +53,18 @@ pub async fn run(
         };
         if state == "active" || state == "failed" || dl.passed() {
             break;
+        }
+        // `inactive` is also what systemd says of a unit it has never heard of: in the
+        // runtime-first order that is an image without the runtime, not one still booting.
+        if state == "inactive" && !load_checked {
+            load_checked = true;
+            let load = systemd::show(runner, CONTAINERD_UNIT, &["LoadState"])
+                .map(|p| p.get("LoadState").cloned().unwrap_or_default())
+                .unwrap_or_default();
+            if load == "not-found" {
+                let msg = format!("{CONTAINERD_UNIT} is not installed on this node");
+                return Outcome::fail(msg, json!({"containerd": "not-found"}));
+            }
         }
         tokio::time::sleep(POLL).await;
     }
@@ -90,6 +103,11 @@ async fn preload_state(runner: &dyn Runner, dl: Deadline) -> Result<Value, Outco
                 return Ok(detail);
             }
             ("activating" | "reloading", _) if !dl.passed() => tokio::time::sleep(POLL).await,
+            // Queued behind containerd, not started yet (the runtime-first order gets here
+            // while the boot is still going).
+            ("inactive", "success") if get("ConditionTimestamp").is_empty() && !dl.passed() => {
+                tokio::time::sleep(POLL).await
+            }
             (active, result) => {
                 let msg = format!("{PRELOAD_UNIT} did not import the images: ActiveState={active} Result={result}");
                 return Err(Outcome::fail(msg, json!({"preload": detail})));
@@ -202,6 +220,51 @@ mod tests {
         assert_eq!(normalize_ref("localhost:5000/x"), "localhost:5000/x:latest");
         assert_eq!(normalize_ref("nodeforge.test/busybox:1"), "nodeforge.test/busybox:1");
         assert_eq!(normalize_ref("a/b@sha256:00"), "docker.io/a/b@sha256:00");
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+    }
+
+    const PRELOAD_SHOW: &str = "systemctl show nodeforge-preload-images.service --no-pager -p LoadState \
+        -p ActiveState -p SubState -p Result -p ConditionResult -p ConditionTimestamp";
+
+    #[test]
+    fn preload_queued_behind_containerd_is_waited_for() {
+        use crate::exec::CmdOutput;
+        use crate::exec::fake::FakeRunner;
+        let queued = "LoadState=loaded\nActiveState=inactive\nSubState=dead\nResult=success\nConditionResult=no\nConditionTimestamp=\n";
+        let running = "LoadState=loaded\nActiveState=activating\nSubState=start\nResult=success\nConditionResult=yes\nConditionTimestamp=Thu 2026-12-03 18:50:03 UTC\n";
+        let done = "LoadState=loaded\nActiveState=active\nSubState=exited\nResult=success\nConditionResult=yes\nConditionTimestamp=Thu 2026-12-03 18:50:03 UTC\n";
+        let r = FakeRunner::new()
+            .on(PRELOAD_SHOW, CmdOutput::ok(queued))
+            .on(PRELOAD_SHOW, CmdOutput::ok(running))
+            .on(PRELOAD_SHOW, CmdOutput::ok(done));
+        let p = block_on(preload_state(&r, Deadline::after(Duration::from_secs(10)))).unwrap();
+        assert_eq!(p["ActiveState"], "active");
+        assert_eq!(r.calls.borrow().len(), 3);
+
+        // Queued, and the deadline passed: fails saying so.
+        let r = FakeRunner::new().on(PRELOAD_SHOW, CmdOutput::ok(queued));
+        let o = block_on(preload_state(&r, Deadline::after(Duration::ZERO))).unwrap_err();
+        assert!(o.message.contains("ActiveState=inactive"), "{o:?}");
+    }
+
+    #[test]
+    fn a_node_without_containerd_fails_at_once() {
+        use crate::exec::CmdOutput;
+        use crate::exec::fake::FakeRunner;
+        let r = FakeRunner::new()
+            .on("systemctl is-active containerd.service", CmdOutput::exit(4, "inactive\n"))
+            .on("systemctl show containerd.service --no-pager -p LoadState", CmdOutput::ok("LoadState=not-found\n"));
+        let expect: Expect = serde_json::from_value(json!({
+            "cri_endpoint_default": "unix:///run/containerd/containerd.sock", "sandbox_image": "p:1", "images": [],
+            "cni_subnet": "10.88.0.0/16", "cgroup_driver": "systemd", "cri_api": "v1", "containerd_version": ""
+        }))
+        .unwrap();
+        let socket = Path::new("/nonexistent.sock");
+        let o = block_on(run(&r, socket, &expect, &[], Deadline::after(Duration::from_secs(60))));
+        assert!(!o.ok && o.message.contains("not installed"), "{o:?}");
     }
 
     #[test]

@@ -21,6 +21,7 @@ use crate::cri::{Cri, connect};
 use crate::exec::Runner;
 use crate::expect::{CriApi, Expect};
 use crate::kubelet::{self, KubeletView};
+use crate::notify::Readiness;
 use crate::protocol::Stage;
 use crate::report::Reporter;
 use crate::systemd;
@@ -100,15 +101,65 @@ const BACKSTOP_GRACE: Duration = Duration::from_secs(90);
 struct Context {
     failed_units: Vec<String>,
     kubelet: Option<KubeletView>,
+    /// The stages run in [`Stage::RUNTIME_FIRST`] order.
+    runtime_first: bool,
+    /// Why systemd could not be told the agent is ready (the boot then cannot finish).
+    ready_error: Option<String>,
 }
 
-/// Runs every stage in order, reporting each, and stops at the first failure. Returns
-/// whether the node passed. `pod` says where the probe pod's logs go (the guest uses
-/// [`pod::PodOptions::default`]).
-pub async fn run_all(expect: &Expect, runner: &dyn Runner, reporter: &mut Reporter, pod: &pod::PodOptions) -> bool {
-    let mut ctx = Context::default();
+/// Units whose start and arrival the `cloud-init` stage reports (`detail.timeline`): the
+/// guest's critical path from the first cloud-init stage to the join.
+pub const TIMELINE_UNITS: [&str; 12] = [
+    "systemd-journald.service",
+    "cloud-init-local.service",
+    "systemd-networkd-wait-online.service",
+    "cloud-init.service",
+    "basic.target",
+    "containerd.service",
+    "nodeforge-preload-images.service",
+    "nodeforge-agent.service",
+    "multi-user.target",
+    "cloud-final.service",
+    "kubelet.service",
+    "cloud-init.target",
+];
+
+/// The stage that waits for the whole boot (cloud-final included): before it, the agent
+/// tells systemd it is ready, or that wait would wait for the agent (see [`crate::notify`]).
+fn waits_for_the_boot(stage: Stage, runtime_first: bool) -> bool {
+    stage == if runtime_first { Stage::CloudInit } else { Stage::Boot }
+}
+
+/// Runs every stage in order ([`Stage::order`]), reporting each, and stops at the first
+/// failure. Returns whether the node passed. `pod` says where the probe pod's logs go (the
+/// guest uses [`pod::PodOptions::default`]); `readiness` is told before the first stage that
+/// waits for the whole boot, and in any case before the agent finishes.
+pub async fn run_all(
+    expect: &Expect,
+    runner: &dyn Runner,
+    reporter: &mut Reporter,
+    pod: &pod::PodOptions,
+    readiness: &mut Readiness,
+) -> bool {
+    let passed = run_stages(expect, runner, reporter, pod, readiness).await;
+    // A failure before the ready point: systemd must still let the boot finish.
+    let _ = readiness.ready();
+    passed
+}
+
+async fn run_stages(
+    expect: &Expect,
+    runner: &dyn Runner,
+    reporter: &mut Reporter,
+    pod: &pod::PodOptions,
+    readiness: &mut Readiness,
+) -> bool {
+    let mut ctx = Context { runtime_first: expect.runtime_first, ..Context::default() };
     let mut passed = Vec::new();
-    for stage in Stage::CHECKS {
+    for stage in Stage::order(expect.runtime_first) {
+        if waits_for_the_boot(stage, expect.runtime_first) {
+            ctx.ready_error = readiness.ready().err().map(|e| format!("cannot tell systemd the agent is ready: {e}"));
+        }
         reporter.start(stage);
         let started = Instant::now();
         let budget = expect.stage_timeouts_s.get(stage);
@@ -143,17 +194,43 @@ async fn run_stage(
     dl: Deadline,
 ) -> Outcome {
     match stage {
-        Stage::Boot => {
-            let (outcome, failed) = boot::run(runner, dl);
+        Stage::Boot if ctx.runtime_first => {
+            let (outcome, failed) = boot::run_basic(runner, dl);
             ctx.failed_units = failed;
             outcome
         }
+        Stage::Boot => {
+            let (outcome, failed) = boot::run(runner, dl);
+            ctx.failed_units = failed;
+            with_ready_error(outcome, ctx)
+        }
         Stage::CloudInit => {
+            let mut booted = None;
+            if ctx.runtime_first {
+                // The boot finishes only now: cloud-final (the join) waited for the pod stage.
+                let (outcome, failed) = boot::run(runner, dl);
+                ctx.failed_units = failed;
+                if !outcome.ok {
+                    let mut o = with_ready_error(outcome, ctx);
+                    o.message = format!("the boot did not finish: {}", o.message);
+                    return o;
+                }
+                booted = Some(outcome);
+            }
             let join = expect
                 .join_log
                 .as_deref()
                 .map(|path| cloud_init::JoinLog { path, join_stage_follows: expect.join_stage_follows });
-            cloud_init::run(runner, &ctx.failed_units, join, dl)
+            let mut o = cloud_init::run(runner, &ctx.failed_units, join, dl);
+            if let Some(b) = booted {
+                o.message = format!("{}; {}", b.message, o.message);
+                o.detail.insert("boot".into(), Value::Object(b.detail));
+            }
+            match systemd::timeline(runner, &TIMELINE_UNITS) {
+                Ok(t) => o.detail.insert("timeline".into(), json!(t)),
+                Err(e) => o.detail.insert("timeline".into(), json!(format!("{e:#}"))),
+            };
+            o
         }
         Stage::Containerd => {
             let (socket, view) = match kubelet_socket(runner, expect, ctx) {
@@ -209,6 +286,14 @@ async fn run_stage(
         },
         Stage::Done => Outcome::pass("", json!({})),
     }
+}
+
+/// A boot that never finished because systemd was never told the agent is ready says so.
+fn with_ready_error(mut o: Outcome, ctx: &Context) -> Outcome {
+    if let (false, Some(e)) = (o.ok, &ctx.ready_error) {
+        o.message = format!("{}; {e}", o.message);
+    }
+    o
 }
 
 /// The units whose journals explain most failed stages.
