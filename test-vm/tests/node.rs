@@ -208,10 +208,16 @@ fn boot_seeded(dir: &Path, netboot: bool, seed: &Path, flags: &[&str]) -> serde_
     serde_json::from_slice(&fs::read(&report).unwrap()).unwrap()
 }
 
-fn assert_node(report: &serde_json::Value, subnet: &str) {
+/// The stage order of a node whose image carries the runtime: its runtime is checked as soon
+/// as containerd is up, before cloud-init's final stage (the join) has run.
+const RUNTIME_FIRST: [&str; 7] = ["kernel", "boot", "containerd", "cri", "pod", "cloud-init", "kubelet-config"];
+/// The order on a node whose seed brings the runtime (first boot): cloud-init first.
+const CLOUD_INIT_FIRST: [&str; 7] = ["kernel", "boot", "cloud-init", "containerd", "cri", "pod", "kubelet-config"];
+
+fn assert_node(report: &serde_json::Value, subnet: &str, order: [&str; 7]) {
     assert_eq!(report["verdict"], "pass", "{report:#}");
     let stages: Vec<&str> = report["stages"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
-    assert_eq!(&stages[..7], ["kernel", "boot", "cloud-init", "containerd", "cri", "pod", "kubelet-config"]);
+    assert_eq!(&stages[..7], order);
     assert!(report["stages"].as_array().unwrap().iter().all(|s| s["verdict"] == "pass"), "{report:#}");
     let v = &report["cri_version"];
     assert_eq!(v["runtime_name"], "containerd", "{v}");
@@ -273,7 +279,13 @@ fn a_fleet_of_two_one_joins_and_a_wrong_ca_pin_fails_fast_in_kubeadms_words() {
     };
 
     let a = report("fleet-a");
-    assert_node(&a, "10.88.0.0/16");
+    assert_node(&a, "10.88.0.0/16", RUNTIME_FIRST);
+    // The guest's timeline: the agent was ready (its pod stage over) before cloud-final, and
+    // so the join, began.
+    let timeline = &stage(&a, "cloud-init")["detail"]["timeline"];
+    let at = |unit: &str, when: &str| timeline[unit][when].as_f64().unwrap_or_else(|| panic!("{unit}: {timeline:#}"));
+    assert!(at("nodeforge-agent.service", "active_s") <= at("cloud-final.service", "started_s"), "{timeline:#}");
+    assert!(at("containerd.service", "active_s") < at("nodeforge-agent.service", "active_s"), "{timeline:#}");
     let join = stage(&a, "join");
     assert_eq!(join["verdict"], "pass", "fleet-a: {join:#}");
     assert_eq!(join["detail"]["node"], "fleet-a", "{join:#}");
@@ -285,7 +297,7 @@ fn a_fleet_of_two_one_joins_and_a_wrong_ca_pin_fails_fast_in_kubeadms_words() {
     eprintln!("{}", join["detail"]["row"].as_str().unwrap());
 
     let b = report("wrong-pin");
-    for s in ["kernel", "boot", "cloud-init", "containerd", "cri", "pod", "kubelet-config"] {
+    for s in RUNTIME_FIRST {
         assert_eq!(stage(&b, s)["verdict"], "pass", "wrong-pin: {s} {b:#}");
     }
     let join = stage(&b, "join");
@@ -303,7 +315,7 @@ fn a_fleet_of_two_one_joins_and_a_wrong_ca_pin_fails_fast_in_kubeadms_words() {
 #[test]
 fn netboot_of_the_containerd_2_cpio_artifacts() {
     let report = boot(&image("standin-components"), true);
-    assert_node(&report, "10.244.7.0/24");
+    assert_node(&report, "10.244.7.0/24", RUNTIME_FIRST);
     assert_eq!(report["mode"], "netboot");
     // The profile pins crictl: the agent ran it on the node, through the rendered crictl.yaml.
     let cri = stage(&report, "cri");
@@ -326,5 +338,5 @@ fn netboot_of_the_containerd_2_cpio_artifacts() {
 fn first_boot_turns_the_stock_base_into_a_node() {
     let dir = image_with("standin", &["--first-boot"]);
     let report = boot_with(&dir, false, &["--timeout", "1200", "--stage-timeout", "boot=600"]);
-    assert_node(&report, "10.88.0.0/16");
+    assert_node(&report, "10.88.0.0/16", CLOUD_INIT_FIRST);
 }
