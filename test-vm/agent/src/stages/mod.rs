@@ -141,19 +141,6 @@ pub async fn run_all(
     pod: &pod::PodOptions,
     readiness: &mut Readiness,
 ) -> bool {
-    let passed = run_stages(expect, runner, reporter, pod, readiness).await;
-    // A failure before the ready point: systemd must still let the boot finish.
-    let _ = readiness.ready();
-    passed
-}
-
-async fn run_stages(
-    expect: &Expect,
-    runner: &dyn Runner,
-    reporter: &mut Reporter,
-    pod: &pod::PodOptions,
-    readiness: &mut Readiness,
-) -> bool {
     let mut ctx = Context { runtime_first: expect.runtime_first, ..Context::default() };
     let mut passed = Vec::new();
     for stage in Stage::order(expect.runtime_first) {
@@ -174,6 +161,8 @@ async fn run_stages(
         }
         reporter.finish(stage, started.elapsed(), outcome.ok, &outcome.message, outcome.detail);
         if !outcome.ok {
+            // A failure before the ready point: systemd must still let the boot finish.
+            let _ = readiness.ready();
             let msg = format!("stage {stage} failed");
             reporter.done(false, &msg, obj(json!({"passed": passed, "failed": stage.name()})));
             return false;
