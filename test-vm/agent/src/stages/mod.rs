@@ -103,8 +103,6 @@ struct Context {
     kubelet: Option<KubeletView>,
     /// The stages run in [`Stage::RUNTIME_FIRST`] order.
     runtime_first: bool,
-    /// Why systemd could not be told the agent is ready (the boot then cannot finish).
-    ready_error: Option<String>,
 }
 
 /// Units whose start and arrival the `cloud-init` stage reports (`detail.timeline`): the
@@ -124,16 +122,10 @@ pub const TIMELINE_UNITS: [&str; 12] = [
     "cloud-init.target",
 ];
 
-/// The stage that waits for the whole boot (cloud-final included): before it, the agent
-/// tells systemd it is ready, or that wait would wait for the agent (see [`crate::notify`]).
-fn waits_for_the_boot(stage: Stage, runtime_first: bool) -> bool {
-    stage == if runtime_first { Stage::CloudInit } else { Stage::Boot }
-}
-
 /// Runs every stage in order ([`Stage::order`]), reporting each, and stops at the first
 /// failure. Returns whether the node passed. `pod` says where the probe pod's logs go (the
-/// guest uses [`pod::PodOptions::default`]); `readiness` is told before the first stage that
-/// waits for the whole boot, and in any case before the agent finishes.
+/// guest uses [`pod::PodOptions::default`]); `readiness` is told just before the wait for the
+/// whole boot ([`full_boot`]), and in any case before the agent finishes.
 pub async fn run_all(
     expect: &Expect,
     runner: &dyn Runner,
@@ -144,13 +136,10 @@ pub async fn run_all(
     let mut ctx = Context { runtime_first: expect.runtime_first, ..Context::default() };
     let mut passed = Vec::new();
     for stage in Stage::order(expect.runtime_first) {
-        if waits_for_the_boot(stage, expect.runtime_first) {
-            ctx.ready_error = readiness.ready().err().map(|e| format!("cannot tell systemd the agent is ready: {e}"));
-        }
         reporter.start(stage);
         let started = Instant::now();
         let budget = expect.stage_timeouts_s.get(stage);
-        let run = run_stage(stage, expect, runner, &mut ctx, pod, Deadline::after(budget));
+        let run = run_stage(stage, expect, runner, &mut ctx, pod, readiness, Deadline::after(budget));
         let outcome = match tokio::time::timeout(budget + BACKSTOP_GRACE, run).await {
             Ok(o) => o,
             Err(_) => Outcome::fail(format!("{stage} hung past its {budget:?} limit"), json!({})),
@@ -180,6 +169,7 @@ async fn run_stage(
     runner: &dyn Runner,
     ctx: &mut Context,
     pod_opts: &pod::PodOptions,
+    readiness: &mut Readiness,
     dl: Deadline,
 ) -> Outcome {
     match stage {
@@ -188,21 +178,15 @@ async fn run_stage(
             ctx.failed_units = failed;
             outcome
         }
-        Stage::Boot => {
-            let (outcome, failed) = boot::run(runner, dl);
-            ctx.failed_units = failed;
-            with_ready_error(outcome, ctx)
-        }
+        Stage::Boot => full_boot(runner, ctx, readiness, dl),
         Stage::CloudInit => {
             let mut booted = None;
             if ctx.runtime_first {
                 // The boot finishes only now: cloud-final (the join) waited for the pod stage.
-                let (outcome, failed) = boot::run(runner, dl);
-                ctx.failed_units = failed;
+                let mut outcome = full_boot(runner, ctx, readiness, dl);
                 if !outcome.ok {
-                    let mut o = with_ready_error(outcome, ctx);
-                    o.message = format!("the boot did not finish: {}", o.message);
-                    return o;
+                    outcome.message = format!("the boot did not finish: {}", outcome.message);
+                    return outcome;
                 }
                 booted = Some(outcome);
             }
@@ -277,12 +261,17 @@ async fn run_stage(
     }
 }
 
-/// A boot that never finished because systemd was never told the agent is ready says so.
-fn with_ready_error(mut o: Outcome, ctx: &Context) -> Outcome {
-    if let (false, Some(e)) = (o.ok, &ctx.ready_error) {
-        o.message = format!("{}; {e}", o.message);
+/// The wait for the whole boot (systemd `running`). multi-user.target, and cloud-final after
+/// it, wait for the agent's READY (see [`crate::notify`]), so it is sent first; a boot that
+/// never finished because it could not be sent says so.
+fn full_boot(runner: &dyn Runner, ctx: &mut Context, readiness: &mut Readiness, dl: Deadline) -> Outcome {
+    let not_ready = readiness.ready().err();
+    let (mut outcome, failed) = boot::run(runner, dl);
+    ctx.failed_units = failed;
+    if let (false, Some(e)) = (outcome.ok, not_ready) {
+        outcome.message = format!("{}; cannot tell systemd the agent is ready: {e}", outcome.message);
     }
-    o
+    outcome
 }
 
 /// The units whose journals explain most failed stages.
