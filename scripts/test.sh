@@ -7,9 +7,9 @@
 #   boots  make demo, then the test binaries that boot built images (node, image) and the
 #          harness's fake-guest and control-plane tests
 #   rest   the replace demo, then every other test binary, then the doc tests
-# A TCG guest keeps about 1.3 of the 2 cores busy, much of a boot is waiting on timers and
-# the join, and the builder's tests are short bursts: side by side they share the machine,
-# one after another they left it half idle. Each lane runs every step even after one failed
+# A TCG guest keeps about 1.3 of the 2 cores busy (much of a boot is waiting on timers and
+# the join): one after another the steps left a third of the machine idle; side by side each
+# runs slower (a boot ~1.5x) but the whole is sooner. Each lane runs every step even after one failed
 # (as `cargo test --no-fail-fast` does) and writes its own log, printed whole at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -59,9 +59,9 @@ cargo build --workspace --locked
 # "CI time": 25.4 and 20.6 min side by side in the last measured run).
 boot_tests=" node image boot fleet control_plane "
 
-# run_test NAME DIR EXE: one test binary, from its package's directory as cargo runs it.
+# run_test DIR EXE: one test binary, from its package's directory as cargo runs it.
 run_test() {
-	(cd "$2" && "$3")
+	(cd "$1" && "$2")
 }
 
 # lane NAME: run the lane's steps, logging each; returns non-zero if any step failed.
@@ -93,7 +93,7 @@ lane() {
 				bash scripts/demo.sh
 			while IFS=$'\t' read -r target dir exe; do
 				[[ $boot_tests == *" $target "* ]] || continue
-				try "test binary $target" run_test "$target" "$dir" "$exe"
+				try "test binary $target" run_test "$dir" "$exe"
 			done <"$logs/tests.tsv"
 			;;
 		rest)
@@ -101,7 +101,7 @@ lane() {
 				bash scripts/replace-demo.sh
 			while IFS=$'\t' read -r target dir exe; do
 				[[ $boot_tests == *" $target "* ]] && continue
-				try "test binary $target ($(basename "$dir"))" run_test "$target" "$dir" "$exe"
+				try "test binary $target ($(basename "$dir"))" run_test "$dir" "$exe"
 			done <"$logs/tests.tsv"
 			try "doc tests" cargo test --workspace --locked --doc
 			;;
