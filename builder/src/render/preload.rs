@@ -62,11 +62,15 @@ pub fn render(p: &Profile) -> Result<Vec<Rendered>> {
         "{header}
 [Unit]
 Description=Import the container images nodeforge preloaded into containerd
-# containerd is Type=notify: once it is started its socket accepts connections.
+# containerd is Type=notify: once it is started its socket accepts connections. Like
+# containerd, the import does not wait for basic.target (cloud-init's first stages).
+DefaultDependencies=no
 Requires=containerd.service
-After=containerd.service
-# The kubelet must find the images (above all the pause image) already in place.
-Before=kubelet.service
+After=containerd.service local-fs.target
+# The kubelet must find the images (above all the pause image) already in place, and the
+# join (cloud-final, after multi-user.target) too.
+Before=kubelet.service multi-user.target shutdown.target
+Conflicts=shutdown.target
 # Not After=cloud-final.service: Debian orders cloud-final after multi-user.target, and with
 # WantedBy=multi-user.target below that would be an ordering cycle systemd breaks at random.
 ConditionPathExists=!{stamp}
@@ -124,7 +128,8 @@ mod tests {
             "{u}"
         );
         assert!(u.contains("images label registry.k8s.io/pause:3.9 io.cri-containerd.pinned=pinned\n"));
-        assert!(u.contains("Before=kubelet.service\n") && u.contains("Requires=containerd.service\n"));
+        assert!(u.contains("Before=kubelet.service multi-user.target shutdown.target\n"), "{u}");
+        assert!(u.contains("Requires=containerd.service\n") && u.contains("DefaultDependencies=no\n"), "{u}");
         let directives: Vec<_> = u.lines().filter(|l| !l.starts_with('#')).collect();
         assert!(!directives.iter().any(|l| l.contains("cloud-final")), "{u}");
         let stamp = u.lines().find_map(|l| l.strip_prefix("ConditionPathExists=!")).unwrap();
