@@ -30,7 +30,8 @@ use nodeforge::overlay::{Content, Origin, Overlay};
 
 use crate::protocol::Expect;
 
-/// The guest agent's unit: it starts the agent once the node reaches basic.target.
+/// The guest agent's unit: it starts the agent once the filesystems are mounted and the
+/// harness's port is there, without waiting for basic.target (cloud-init's first stages).
 pub const AGENT_UNIT: &str = include_str!("../../overlays/test-vm/nodeforge-agent.service");
 /// Where [`AGENT_UNIT`] lives in the repository, as the archive's manifest names it.
 pub const AGENT_UNIT_SOURCE: &str = "overlays/test-vm/nodeforge-agent.service";
@@ -111,6 +112,7 @@ pub fn concatenate(parts: &[PathBuf], dest: &Path) -> Result<u64> {
 mod tests {
     use super::*;
     use crate::expect::{default_stage_timeouts, expectations};
+    use crate::protocol::AGENT_PORT;
 
     #[test]
     fn agent_archive_has_the_hook_layout() {
@@ -147,6 +149,19 @@ mod tests {
         let bytes = std::fs::read(dir.path().join("all")).unwrap();
         assert_eq!(&bytes[5..8], &[0, 0, 0], "padding before the next archive");
         assert_eq!(&bytes[8..10], &[0x1f, 0x8b], "gzip member starts aligned");
+    }
+
+    #[test]
+    fn the_agent_unit_waits_for_the_port_the_harness_gives() {
+        // systemd's name for /dev/virtio-ports/<AGENT_PORT> (`systemd-escape --path`).
+        let device = format!("dev-virtio\\x2dports-{}.device", AGENT_PORT.replace('-', "\\x2d"));
+        let line = |key: &str| AGENT_UNIT.lines().find(|l| l.starts_with(key)).unwrap_or_default();
+        assert!(line("Wants=").split(' ').any(|u| u.trim_start_matches("Wants=") == device), "{device}");
+        assert!(line("After=").split(' ').any(|u| u == device), "{device}");
+        // Without the default dependencies, multi-user.target (and cloud-final, the join,
+        // after it) waits for the agent's READY only if the unit says so.
+        assert!(line("DefaultDependencies=") == "DefaultDependencies=no");
+        assert!(line("Before=").split(' ').any(|u| u.trim_start_matches("Before=") == "multi-user.target"));
     }
 
     const PROFILE: &str = "name = \"t\"\n[kubernetes]\nversion = \"1.30.2\"\n[containerd]\nversion = \"1.6.20\"\n\

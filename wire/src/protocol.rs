@@ -45,8 +45,9 @@ impl Stage {
 
     /// The order on a node whose image carries the runtime: containerd, CRI and the pod are
     /// checked as soon as systemd starts containerd, and cloud-init (whose final stage runs
-    /// the seed's `kubeadm join`) after them. `boot` then means systemd reached basic.target;
-    /// the wait for the whole boot to finish is part of `cloud-init`.
+    /// the seed's `kubeadm join`) after them. `boot` then means systemd mounted the local
+    /// filesystems (local-fs.target), after which nodeforge's containerd unit starts without
+    /// waiting for cloud-init; the wait for the whole boot to finish is part of `cloud-init`.
     pub const RUNTIME_FIRST: [Stage; 6] =
         [Stage::Boot, Stage::Containerd, Stage::Cri, Stage::Pod, Stage::CloudInit, Stage::KubeletConfig];
 

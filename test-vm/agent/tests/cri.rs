@@ -233,7 +233,7 @@ impl Runner for BootedNode {
             "systemctl --failed --plain --no-legend --no-pager" => CmdOutput::ok(""),
             "systemctl is-active default.target"
             | "systemctl is-active containerd.service"
-            | "systemctl is-active basic.target" => CmdOutput::ok("active\n"),
+            | "systemctl is-active local-fs.target" => CmdOutput::ok("active\n"),
             // No kubelet runs on this node: the pod stage has none to pause.
             "systemctl is-active kubelet.service" => CmdOutput::ok("inactive\n"),
             "cloud-init status --wait --long" => CmdOutput::ok("status: done\n"),

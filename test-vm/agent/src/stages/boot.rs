@@ -5,12 +5,13 @@
 //! Failed units do not fail this stage; they are reported in `detail.failed_units`, and
 //! a later stage that needs one of them fails.
 //!
-//! In the runtime-first order ([`run_basic`]) the stage only waits for basic.target, the
-//! point where systemd starts containerd; the wait for the whole boot ([`run`]) is then the
+//! In the runtime-first order ([`run_early`]) the stage only waits for local-fs.target, after
+//! which systemd starts containerd (nodeforge's unit does not wait for basic.target, nor for
+//! cloud-init's first stages before it); the wait for the whole boot ([`run`]) is then the
 //! first half of the `cloud-init` stage.
 //!
-//! Detail: `state`, `default_target`, `failed_units`, `polls` (`basic_target` instead of
-//! `default_target` in the runtime-first order).
+//! Detail: `state`, `default_target`, `failed_units`, `polls` (`local_fs_target` instead of
+//! `state` and `default_target` in the runtime-first order).
 
 use serde_json::json;
 
@@ -68,13 +69,16 @@ pub fn run(runner: &dyn Runner, deadline: Deadline) -> (Outcome, Vec<String>) {
     (Outcome::pass(msg, detail), failed)
 }
 
-/// The runtime-first `boot`: basic.target is active (the agent itself starts after it, so
-/// this is normally true on the first poll), and which units failed on the way there.
-pub fn run_basic(runner: &dyn Runner, deadline: Deadline) -> (Outcome, Vec<String>) {
+/// The target the runtime-first `boot` waits for.
+pub const EARLY_TARGET: &str = "local-fs.target";
+
+/// The runtime-first `boot`: [`EARLY_TARGET`] is active (the agent itself starts after it,
+/// so this is normally true on the first poll), and which units failed on the way there.
+pub fn run_early(runner: &dyn Runner, deadline: Deadline) -> (Outcome, Vec<String>) {
     let mut polls = 0u32;
     let state = loop {
         polls += 1;
-        let state = match systemd::is_active(runner, "basic.target") {
+        let state = match systemd::is_active(runner, EARLY_TARGET) {
             Ok(s) => s,
             Err(e) => return (Outcome::fail(format!("{e:#}"), json!({"polls": polls})), vec![]),
         };
@@ -84,15 +88,15 @@ pub fn run_basic(runner: &dyn Runner, deadline: Deadline) -> (Outcome, Vec<Strin
         std::thread::sleep(POLL.min(deadline.remaining()));
     };
     let failed = systemd::failed_units(runner).unwrap_or_default();
-    let detail = json!({"basic_target": state, "failed_units": failed, "polls": polls});
+    let detail = json!({"local_fs_target": state, "failed_units": failed, "polls": polls});
     if state != "active" {
-        let msg = format!("basic.target still `{state}` after {:?}", deadline.budget());
+        let msg = format!("{EARLY_TARGET} still `{state}` after {:?}", deadline.budget());
         return (Outcome::fail(msg, detail), failed);
     }
     let msg = if failed.is_empty() {
-        "basic.target active: systemd is starting containerd".to_owned()
+        format!("{EARLY_TARGET} active: systemd is starting containerd")
     } else {
-        format!("basic.target active; failed units: {}", failed.join(", "))
+        format!("{EARLY_TARGET} active; failed units: {}", failed.join(", "))
     };
     (Outcome::pass(msg, detail), failed)
 }
@@ -143,19 +147,19 @@ mod tests {
     }
 
     #[test]
-    fn basic_target_waits_and_reports_failed_units() {
+    fn the_early_target_waits_and_reports_failed_units() {
         let r = FakeRunner::new()
-            .on("systemctl is-active basic.target", CmdOutput::exit(3, "activating\n"))
-            .on("systemctl is-active basic.target", CmdOutput::ok("active\n"))
+            .on("systemctl is-active local-fs.target", CmdOutput::exit(3, "activating\n"))
+            .on("systemctl is-active local-fs.target", CmdOutput::ok("active\n"))
             .on(FAILED, CmdOutput::ok("e2scrub_reap.service loaded failed failed x\n"));
-        let (o, failed) = run_basic(&r, Deadline::after(Duration::from_secs(10)));
+        let (o, failed) = run_early(&r, Deadline::after(Duration::from_secs(10)));
         assert!(o.ok && o.message.contains("e2scrub_reap"), "{o:?}");
         assert_eq!((failed.len(), o.detail["polls"].as_u64()), (1, Some(2)));
 
         let r = FakeRunner::new()
-            .on("systemctl is-active basic.target", CmdOutput::exit(3, "activating\n"))
+            .on("systemctl is-active local-fs.target", CmdOutput::exit(3, "activating\n"))
             .on(FAILED, CmdOutput::ok(""));
-        let (o, _) = run_basic(&r, Deadline::after(Duration::from_millis(0)));
+        let (o, _) = run_early(&r, Deadline::after(Duration::from_millis(0)));
         assert!(!o.ok && o.message.contains("still `activating`"), "{o:?}");
     }
 

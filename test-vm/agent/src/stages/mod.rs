@@ -174,7 +174,7 @@ async fn run_stage(
 ) -> Outcome {
     match stage {
         Stage::Boot if ctx.runtime_first => {
-            let (outcome, failed) = boot::run_basic(runner, dl);
+            let (outcome, failed) = boot::run_early(runner, dl);
             ctx.failed_units = failed;
             outcome
         }
