@@ -2,15 +2,15 @@
 # `make test`: install what is missing, then every check and test, failing on the first.
 #
 # After the static checks, everything is compiled once (`cargo test --no-run` builds the
-# libraries, binaries, examples and tests in one go), then the work runs in two lanes side by
-# side, each one step after another:
-#   boots  make demo, then the test binaries that boot built images (node, image) and the
-#          harness's fake-guest and control-plane tests
-#   rest   the replace demo, then every other test binary, then the doc tests
-# A TCG guest keeps about 1.3 of the 2 cores busy (much of a boot is waiting on timers and
-# the join): one after another the steps left a third of the machine idle; side by side each
-# runs slower (a boot ~1.5x) but the whole is sooner. Each lane runs every step even after one failed
-# (as `cargo test --no-fail-fast` does) and writes its own log, printed whole at the end.
+# libraries, binaries, examples and tests in one go), then two lanes side by side take the
+# steps from one queue, each the next one left when it is done: make demo, the replace demo,
+# the test binaries that boot images or run a control plane (longest first, as measured), then
+# every other test binary, then the doc tests. A TCG guest keeps about 1.3 of the 2 cores busy
+# (much of a boot is waiting on timers and the join): one after another the steps left a third
+# of the machine idle; side by side each runs slower (a boot ~1.5x) but the whole is sooner,
+# and a shared queue keeps the two lanes ending together on a faster or slower machine, which
+# fixed lanes did not. Each lane runs every step it takes even after one failed (as
+# `cargo test --no-fail-fast` does) and writes its own log, printed whole at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
@@ -54,19 +54,51 @@ example matrix | diff -u docs/matrix.md - || { echo "docs/matrix.md is stale: ru
 step "cargo build --workspace (the end-to-end tests run nodeforge, test-vm and the guest agent)"
 cargo build --workspace --locked
 
-# The boots lane's test binaries: those that boot built images in QEMU (node, image), and
-# enough of the harness's own (fake guests, a control plane) to even the lanes out (README,
-# "CI time": 25.4 and 20.6 min side by side in the last measured run).
-boot_tests=" node image boot fleet control_plane "
+# The long steps, longest first (README, "CI time"): taken first, they leave the short ones
+# to fill the end of both lanes.
+long_tests=(node control_plane image site_overlay cli)
 
 # run_test DIR EXE: one test binary, from its package's directory as cargo runs it.
 run_test() {
 	(cd "$1" && "$2")
 }
 
-# lane NAME: run the lane's steps, logging each; returns non-zero if any step failed.
+# binaries NAMES [1]: a queue line ("test binary NAME (PACKAGE DIR)<TAB>run_test<TAB>DIR<TAB>EXE")
+# for each tests.tsv line whose name is one of the space-separated NAMES (with 1: is not).
+binaries() {
+	awk -F'\t' -v names=" $1 " -v skip="${2:-0}" '(index(names, " " $1 " ") == 0) == skip {
+		n = split($2, p, "/"); printf "test binary %s (%s)\trun_test\t%s\t%s\n", $1, p[n], $2, $3 }' "$logs/tests.tsv"
+}
+
+# The queue: one step a line, "WHAT<TAB>COMMAND ARGS..." (tab-separated words), in the order
+# they are taken.
+queue=$logs/queue
+{
+	printf "%s\t%s\n" "make demo (the README's main command: the bundle node built, booted, joined to a real control plane)" \
+		"bash	scripts/demo.sh"
+	printf "%s\t%s\n" "the replace demo (scripts/replace-demo.sh: a node drained, reprovisioned on containerd 2.x, uncordoned)" \
+		"bash	scripts/replace-demo.sh"
+	for t in "${long_tests[@]}"; do binaries "$t"; done
+	binaries "${long_tests[*]}" 1
+	printf "%s\t%s\n" "doc tests" "cargo	test	--workspace	--locked	--doc"
+} >"$queue"
+echo 0 >"$logs/queue.next"
+
+# take: the next step's line, or nothing when the queue is empty. Both lanes call it.
+take() {
+	local n
+	{
+		flock 9
+		n=$(($(cat "$logs/queue.next") + 1))
+		echo "$n" >"$logs/queue.next"
+	} 9>"$logs/queue.lock"
+	sed -n "${n}p" "$queue"
+}
+
+# lane NAME: take and run steps until the queue is empty, logging each; returns non-zero if
+# any step it ran failed.
 lane() {
-	local name=$1 failed=() t0 target dir exe
+	local name=$1 failed=() t0 line what cmd
 	# Progress goes to the lane's log and, live, to the terminal (fd 3).
 	mark() {
 		local line
@@ -74,58 +106,39 @@ lane() {
 		printf '%s\n' "$line"
 		printf '%s\n' "$line" >&3
 	}
-	try() {
-		local what=$1
-		shift
+	while line=$(take) && [[ -n "$line" ]]; do
+		IFS=$'\t' read -r -a cmd <<<"$line"
+		what=${cmd[0]}
+		cmd=("${cmd[@]:1}")
 		mark "$what"
 		t0=$(date +%s)
-		# No step reads the list of test binaries the lane is reading.
-		if "$@" </dev/null; then
+		if "${cmd[@]}" </dev/null; then
 			mark "$what: ok in $(( $(date +%s) - t0 ))s"
 		else
 			mark "$what: FAILED after $(( $(date +%s) - t0 ))s"
 			failed+=("$what")
 		fi
-	}
-	case $name in
-		boots)
-			try "make demo (the README's main command: the bundle node built, booted, joined to a real control plane)" \
-				bash scripts/demo.sh
-			while IFS=$'\t' read -r target dir exe; do
-				[[ $boot_tests == *" $target "* ]] || continue
-				try "test binary $target" run_test "$dir" "$exe"
-			done <"$logs/tests.tsv"
-			;;
-		rest)
-			try "the replace demo (scripts/replace-demo.sh: a node drained, reprovisioned on containerd 2.x, uncordoned)" \
-				bash scripts/replace-demo.sh
-			while IFS=$'\t' read -r target dir exe; do
-				[[ $boot_tests == *" $target "* ]] && continue
-				try "test binary $target ($(basename "$dir"))" run_test "$dir" "$exe"
-			done <"$logs/tests.tsv"
-			try "doc tests" cargo test --workspace --locked --doc
-			;;
-	esac
+	done
 	if [[ ${#failed[@]} -gt 0 ]]; then
 		printf '==> [%s] failed: %s\n' "$name" "${failed[*]}"
 		return 1
 	fi
 }
 
-step "two lanes side by side: boots (make demo, the image-booting tests) and rest (the replace demo, every other test)"
+step "$(wc -l <"$queue") steps in two lanes side by side, each taking the next from one queue (the demos and the boots first)"
 exec 3>&2
-lane boots >"$logs/boots.log" 2>&1 &
-boots_pid=$!
-lane rest >"$logs/rest.log" 2>&1 &
-rest_pid=$!
+lane 1 >"$logs/lane1.log" 2>&1 &
+lane1_pid=$!
+lane 2 >"$logs/lane2.log" 2>&1 &
+lane2_pid=$!
 rc=0
-wait "$boots_pid" || rc=1
-wait "$rest_pid" || rc=1
-for l in boots rest; do
-	step "the $l lane's log"
-	cat "$logs/$l.log" >&2
+wait "$lane1_pid" || rc=1
+wait "$lane2_pid" || rc=1
+for l in 1 2; do
+	step "lane $l's log"
+	cat "$logs/lane$l.log" >&2
 done
-grep -h '^==> \[.*\] failed: ' "$logs/boots.log" "$logs/rest.log" >&2 || true
+grep -h '^==> \[.*\] failed: ' "$logs/lane1.log" "$logs/lane2.log" >&2 || true
 [[ $rc -eq 0 ]] || { step "FAILED in $(( $(date +%s) - start ))s"; exit 1; }
 
 step "done in $(( $(date +%s) - start ))s"
