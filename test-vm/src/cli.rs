@@ -111,6 +111,11 @@ pub struct VmArgs {
     /// Under `--accel auto`, how long a KVM guest may stay silent before TCG takes over.
     #[arg(long, default_value_t = 8)]
     pub kvm_grace: u64,
+    /// How long the guest's kernel may print nothing before it starts init (its silent
+    /// initramfs unpack aside) before the boot counts as an emulator stall (seen, rarely,
+    /// under TCG): QEMU is stopped and the guest booted once more; a second stall fails `boot`.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    pub kernel_stall: u64,
     /// The guest agent binary [default: nodeforge-agent beside test-vm].
     #[arg(long)]
     pub agent: Option<PathBuf>,

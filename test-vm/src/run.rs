@@ -20,7 +20,7 @@ use crate::protocol::{AgentEvent, Stage};
 use crate::qemu::{self, Guest, Qemu};
 use crate::report::{AccelAttempt, Failure, Report, extract_results};
 use crate::seed;
-use crate::serial::{self, Signal, Tail};
+use crate::serial::{self, KernelPhase, Signal, Tail};
 use crate::stages::{Tracker, Verdict};
 use nodeforge::profile::Profile;
 
@@ -159,8 +159,11 @@ pub fn boot(cfg: &BootConfig, interrupt: &Interrupt) -> Result<Outcome> {
     // abandoned KVM attempt never ran the guest, so it wrote nothing to it.)
     let reused_layer = cfg.vm.disk_layer.as_ref().is_some_and(|l| l.exists());
     let mut kept = None;
-    for (i, &accel) in plan.iter().enumerate() {
-        let probing = i + 1 < plan.len();
+    // A guest whose kernel stalls under emulation is booted once more.
+    let mut retry_stall = true;
+    let mut at = 0;
+    while let Some(&accel) = plan.get(at) {
+        let probing = at + 1 < plan.len();
         if let (Some(base), Some(overlay), false) = (&cfg.vm.disk, &guest.disk, reused_layer) {
             // A fresh overlay per attempt: an abandoned attempt may have written to its own.
             let _ = std::fs::remove_file(overlay);
@@ -181,10 +184,18 @@ pub fn boot(cfg: &BootConfig, interrupt: &Interrupt) -> Result<Outcome> {
             deadline,
             join: join.as_ref(),
             interrupt,
+            retry_stall,
         };
         let end = attempt(this, &mut tracker)?;
         match end {
-            AttemptEnd::Abandoned(reason) => attempts.push(AccelAttempt { accel, outcome: reason }),
+            AttemptEnd::Abandoned(reason) => {
+                attempts.push(AccelAttempt { accel, outcome: reason });
+                at += 1;
+            }
+            AttemptEnd::Stalled(reason) => {
+                attempts.push(AccelAttempt { accel, outcome: format!("{reason}; booted again") });
+                retry_stall = false;
+            }
             AttemptEnd::Decided { interrupted: i, vm } => {
                 interrupted = i;
                 kept = vm;
@@ -271,6 +282,9 @@ fn keep(vm: Qemu, cfg: &BootConfig, tracker: &Tracker) -> Option<Qemu> {
 enum AttemptEnd {
     /// Given up on this accelerator (only while probing); try the next.
     Abandoned(String),
+    /// The guest's kernel went silent before starting init ([`Attempt::retry_stall`]): boot
+    /// it again under the same accelerator.
+    Stalled(String),
     /// The stages reached a verdict (or a signal ended the run) under this accelerator.
     Decided {
         interrupted: bool,
@@ -292,10 +306,12 @@ struct Attempt<'a> {
     deadline: Instant,
     join: Option<&'a JoinSpec>,
     interrupt: &'a Interrupt,
+    /// A kernel stall ends the attempt for another try (else it fails `boot`).
+    retry_stall: bool,
 }
 
 fn attempt(a: Attempt<'_>, tracker: &mut Tracker) -> Result<AttemptEnd> {
-    let Attempt { cfg, args, work, accel, probing, run_start, deadline, join, interrupt } = a;
+    let Attempt { cfg, args, work, accel, probing, run_start, deadline, join, interrupt, retry_stall } = a;
     let stderr_log = work.join(format!("qemu-{accel}.log"));
     let mut vm = Qemu::spawn(cfg.vm.qemu.as_os_str(), args, &stderr_log)?;
     let started = Instant::now();
@@ -305,6 +321,11 @@ fn attempt(a: Attempt<'_>, tracker: &mut Tracker) -> Result<AttemptEnd> {
     let mut agent = Tail::new(&work.join("agent.jsonl"));
     let mut probing = probing;
     let mut doomed: Option<(String, Instant)> = None;
+    // The kernel's own boot, its last console line and when the console last grew.
+    let mut phase = KernelPhase::default();
+    let mut last_line = String::new();
+    let mut last_output = Instant::now();
+    let stall = Duration::from_secs(cfg.vm.kernel_stall);
     loop {
         if interrupt.is_set() {
             tracker.fail_current(now(), "interrupted by a signal", serde_json::Value::Null, None);
@@ -320,6 +341,8 @@ fn attempt(a: Attempt<'_>, tracker: &mut Tracker) -> Result<AttemptEnd> {
         }
         for line in lines {
             progressed = true;
+            phase = phase.after(&line);
+            last_output = Instant::now();
             match serial::classify(&line) {
                 Some(Signal::KernelBanner) if tracker.current_name() == Some(KERNEL_STAGE) => {
                     tracker.pass_current(now(), "", serde_json::Value::Null, None);
@@ -328,6 +351,7 @@ fn attempt(a: Attempt<'_>, tracker: &mut Tracker) -> Result<AttemptEnd> {
                 Some(Signal::Doomed(msg)) if doomed.is_none() => doomed = Some((msg, Instant::now())),
                 _ => {}
             }
+            last_line = line;
         }
         let mut lines = agent.poll().context("reading the agent channel")?;
         if exited.is_some() {
@@ -335,6 +359,8 @@ fn attempt(a: Attempt<'_>, tracker: &mut Tracker) -> Result<AttemptEnd> {
         }
         for line in lines {
             progressed = true;
+            // The agent runs in the guest's user space: the kernel's own boot is over.
+            phase = KernelPhase::Init;
             match AgentEvent::parse_line(&line) {
                 Ok(Some(ev)) => tracker.on_agent_event(ev, now()),
                 Ok(None) => {}
@@ -402,6 +428,24 @@ fn attempt(a: Attempt<'_>, tracker: &mut Tracker) -> Result<AttemptEnd> {
             }
             tracker.fail_current(now(), &msg, serde_json::Value::Null, None);
             return Ok(AttemptEnd::Decided { interrupted: false, vm: keep(vm, cfg, tracker) });
+        }
+        // Past the banner, before init, and silent: the guest's CPUs are stuck in the kernel.
+        if !probing
+            && phase == KernelPhase::Booting
+            && tracker.current_name() != Some(KERNEL_STAGE)
+            && !tracker.finished()
+            && last_output.elapsed() >= stall
+        {
+            let reason = format!(
+                "the guest's kernel stalled before starting init: no console output for {} s after `{}` \
+                 (an emulator stall, not the node)",
+                stall.as_secs(),
+                last_line.trim()
+            );
+            if retry_stall {
+                return Ok(AttemptEnd::Stalled(reason));
+            }
+            tracker.fail_current(now(), &reason, serde_json::Value::Null, None);
         }
         if let Some((msg, since)) = &doomed
             && since.elapsed() >= DOOMED_GRACE

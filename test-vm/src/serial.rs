@@ -108,6 +108,36 @@ pub enum Signal {
     Doomed(String),
 }
 
+/// Where the guest's kernel is in its own boot, read off its console. Until it starts init,
+/// a healthy kernel keeps printing; the one silent stretch is unpacking a large initramfs
+/// (hundreds of MB in netboot mode: tens of seconds under TCG).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum KernelPhase {
+    /// Before init, and not unpacking the initramfs.
+    #[default]
+    Booting,
+    /// `Trying to unpack rootfs image as initramfs...` until `Freeing initrd memory`.
+    Unpacking,
+    /// `Run /init as init process` (or another init): the kernel's own boot is over.
+    Init,
+}
+
+impl KernelPhase {
+    /// The phase after one more console line.
+    pub fn after(self, line: &str) -> KernelPhase {
+        match self {
+            KernelPhase::Init => KernelPhase::Init,
+            // The kernel's own line (KERN_INFO: a `loglevel=` below 7 hides it), or nodeforge's
+            // /init speaking.
+            _ if line.contains("Run ") && line.contains(" as init process") => KernelPhase::Init,
+            _ if line.starts_with("nodeforge-initramfs: ") => KernelPhase::Init,
+            _ if line.contains("Trying to unpack rootfs image as initramfs") => KernelPhase::Unpacking,
+            _ if line.contains("Freeing initrd memory") => KernelPhase::Booting,
+            phase => phase,
+        }
+    }
+}
+
 /// Units the agent's stages depend on: their failing to start is final for the run.
 /// systemd 252 prints `Failed to start containerd.service - <description>.` (status unit
 /// format `combined`) and `Dependency failed for ...` for units pulled down with one.
@@ -196,6 +226,28 @@ mod tests {
         let ci = "[   30.1] cloud-init[412]: 2026-11-27 12:00:00,000 - util.py[WARNING]: Running module locale \
                   (<module 'cloudinit.config.cc_locale' from '/usr/lib/...'>) failed";
         assert!(doomed(ci).starts_with("cloud-init module failed"));
+    }
+
+    #[test]
+    fn follows_the_kernels_own_boot_to_init() {
+        let lines = [
+            "[    0.91] VFS: Dquot-cache hash table entries: 512 (order 0, 4096 bytes)",
+            "[    1.59] Trying to unpack rootfs image as initramfs...",
+            "[    2.59] clocksource: Switched to clocksource tsc",
+            "[   31.56] Freeing initrd memory: 437904K",
+            "[   32.67] Run /init as init process",
+            "[   33.00] Freeing initrd memory: 1K",
+        ];
+        assert_eq!(KernelPhase::Booting.after("nodeforge-initramfs: switching root"), KernelPhase::Init);
+        let phases: Vec<KernelPhase> = lines
+            .iter()
+            .scan(KernelPhase::default(), |p, l| {
+                *p = p.after(l);
+                Some(*p)
+            })
+            .collect();
+        use KernelPhase::*;
+        assert_eq!(phases, [Booting, Unpacking, Unpacking, Booting, Init, Init]);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -249,4 +250,47 @@ fn the_kvm_probe_decides_within_two_seconds() {
     let took = start.elapsed();
     eprintln!("kvm probe: {verdict:?} in {took:?}");
     assert!(took < Duration::from_secs(2), "the KVM probe took {took:?}");
+}
+
+/// A QEMU whose guest prints the kernel banner and a line of its boot, then nothing, as a
+/// TCG guest did once in CI (stuck at 0.91 s of guest time). It notes its pid at each start.
+const STALLING_QEMU: &str = r#"#!/bin/sh
+echo $$ >>"$(dirname "$0")/starts"
+for a in "$@"; do
+  case "$a" in file,id=serial0,path=*) log=${a#file,id=serial0,path=} ;; esac
+done
+printf '[    0.000000] Linux version 6.1.0-57-amd64 (stalling stand-in)\n' >>"$log"
+printf '[    0.912247] VFS: Dquot-cache hash table entries: 512 (order 0, 4096 bytes)\n' >>"$log"
+exec sleep 600
+"#;
+
+#[test]
+fn a_kernel_that_stalls_before_init_is_booted_once_more_then_fails_boot_at_once() {
+    use std::os::unix::fs::PermissionsExt;
+    let a = FakeArtifacts::new(Scenario::Pass);
+    let qemu = a.path("stalling-qemu");
+    std::fs::write(&qemu, STALLING_QEMU).unwrap();
+    std::fs::set_permissions(&qemu, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let start = Instant::now();
+    let out =
+        a.command().env("TEST_VM_QEMU", &qemu).args(["--kernel-stall", "3", "--timeout", "120"]).output().unwrap();
+    let took = start.elapsed();
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    // Two boots, each given up after 3 s of silence: not the boot stage's 360 s.
+    assert!(took < Duration::from_secs(40), "took {took:?}");
+    let pids = std::fs::read_to_string(a.path("starts")).unwrap();
+    assert_eq!(pids.lines().count(), 2, "{pids}");
+
+    let r = a.report();
+    assert_eq!((r["failure"]["stage"].as_str(), r["accel"].as_str()), (Some("boot"), Some("tcg")), "{r:#}");
+    let msg = r["failure"]["message"].as_str().unwrap();
+    assert!(msg.starts_with("the guest's kernel stalled before starting init"), "{msg}");
+    assert!(msg.contains("no console output for 3 s after `[    0.912247] VFS: Dquot-cache"), "{msg}");
+    let attempts = r["accel_attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{r:#}");
+    assert!(attempts[0]["outcome"].as_str().unwrap().ends_with("; booted again"), "{r:#}");
+    assert_eq!(attempts[1]["outcome"], "used");
+    for pid in pids.lines() {
+        assert!(!Path::new("/proc").join(pid).exists(), "the stalled QEMU {pid} was left running");
+    }
 }
