@@ -241,7 +241,10 @@ pub fn qemu_pids_with(marker: &Path) -> Vec<u32> {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
         let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
         let cmdline = String::from_utf8_lossy(&cmdline);
-        if !cmdline.contains("qemu-system") || !cmdline.contains(&marker) {
+        // QEMU itself, not `setpriv --pdeathsig KILL -- qemu-system-…` before its exec: until
+        // setpriv has set the death signal, a harness killed then would leave QEMU behind.
+        let program = cmdline.split('\0').next().unwrap_or_default();
+        if !program.contains("qemu-system") || !cmdline.contains(&marker) {
             continue;
         }
         // A zombie has already died; it only waits for a parent (or init) to reap it.
